@@ -1,0 +1,248 @@
+"""The mirror's configuration: frozen values built from a TOML file and command-line overrides.
+
+Nothing here touches the network or the reactor; :func:`build_config` only
+validates and names the key at fault in a :class:`ConfigError`.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+from hyperlink import DecodedURL
+
+DOCKER_HUB = "docker.io"
+
+# Registries a route may name without defining them.  k8s.gcr.io is frozen and
+# served by registry.k8s.io, so both names go there.
+WELL_KNOWN: Mapping[str, str] = {
+    DOCKER_HUB: "https://registry-1.docker.io",
+    "ghcr.io": "https://ghcr.io",
+    "quay.io": "https://quay.io",
+    "gcr.io": "https://gcr.io",
+    "registry.k8s.io": "https://registry.k8s.io",
+    "k8s.gcr.io": "https://registry.k8s.io",
+    "mcr.microsoft.com": "https://mcr.microsoft.com",
+    "nvcr.io": "https://nvcr.io",
+    "public.ecr.aws": "https://public.ecr.aws",
+    "docker.elastic.co": "https://docker.elastic.co",
+}
+DEFAULT_ROUTE = "*"
+DEFAULT_PORT = "tcp:5000"
+
+
+class ConfigError(Exception):
+    """A configuration problem, worded as one line naming the key."""
+
+
+@attrs.frozen
+class Registry:
+    """An upstream registry.  ``docker_hub`` keeps Hub's naming rules (``library/``)."""
+
+    name: str
+    url: DecodedURL
+    username: str | None = None
+    password: str | None = attrs.field(default=None, repr=False)
+    docker_hub: bool = False
+
+    @property
+    def credentials(self) -> tuple[str, str] | None:
+        if self.username is None or self.password is None:
+            return None
+        return (self.username, self.password)
+
+
+@attrs.frozen
+class UpstreamSettings:
+    connect_timeout: float = 10.0
+    # Time until an upstream answers with headers.
+    response_timeout: float = 30.0
+    # Time a body may make no progress (upstream silent or client not reading).
+    idle_timeout: float = 60.0
+    max_connections_per_host: int = 8
+    max_manifest_bytes: int = 4 * 1024 * 1024
+
+
+@attrs.frozen
+class MirrorConfig:
+    ports: tuple[str, ...]
+    # Host name the client used (lowercase, no port), or "*", to a registry name.
+    routes: Mapping[str, str]
+    registries: Mapping[str, Registry]
+    upstream: UpstreamSettings = UpstreamSettings()
+
+    def registry_for_host(self, host: str) -> Registry | None:
+        name = self.routes.get(host, self.routes.get(DEFAULT_ROUTE))
+        return None if name is None else self.registries[name]
+
+
+def load_toml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}") from None
+
+
+def parse_assignment(text: str, option: str) -> tuple[str, str]:
+    """``KEY=VALUE`` from a repeatable command-line option."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip() or not value.strip():
+        raise ConfigError(f"--{option} {text!r}: expected KEY=VALUE")
+    return key.strip(), value.strip()
+
+
+def build_config(
+    data: Mapping[str, Any],
+    *,
+    ports: Iterable[str] = (),
+    routes: Iterable[tuple[str, str]] = (),
+    registries: Iterable[tuple[str, str]] = (),
+) -> MirrorConfig:
+    """Validate a parsed TOML document; command-line values override it."""
+    _check_keys(data, "", {"server", "routes", "registries", "upstream"})
+    server = _table(data, "server")
+    _check_keys(server, "server.", {"ports"})
+
+    registry_tables = dict(_table(data, "registries"))
+    for name, url in registries:
+        registry_tables[name] = {**registry_tables.get(name, {}), "url": url}
+    known = {name: _registry(name, {"url": url}) for name, url in WELL_KNOWN.items()}
+    for name, table in registry_tables.items():
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"registries.{name}: must be a table")
+        known[name] = _registry(name, {"url": WELL_KNOWN.get(name), **table})
+
+    route_table: dict[str, str] = {
+        _host_key(k, f"routes.{k}"): _string(v, f"routes.{k}")
+        for k, v in _table(data, "routes").items()
+    }
+    route_table.update((_host_key(k, f"--route {k}"), v) for k, v in routes)
+    if not route_table:
+        route_table[DEFAULT_ROUTE] = DOCKER_HUB
+    for host, target in route_table.items():
+        if target not in known:
+            known[target] = _url_registry(target, f"routes.{host}")
+    chosen_ports = tuple(ports) or tuple(
+        _string(p, "server.ports") for p in _list(server, "ports", "server.ports")
+    )
+    return MirrorConfig(
+        ports=chosen_ports or (DEFAULT_PORT,),
+        routes=route_table,
+        registries=known,
+        upstream=_upstream(_table(data, "upstream")),
+    )
+
+
+def _registry(name: str, table: Mapping[str, Any]) -> Registry:
+    key = f"registries.{name}"
+    _check_keys(table, key + ".", {"url", "username", "password", "password_file"})
+    if table.get("url") is None:
+        raise ConfigError(f"{key}.url: required for a registry that is not well known")
+    url = _url(table["url"], f"{key}.url")
+    username = table.get("username")
+    password = table.get("password")
+    if "password_file" in table:
+        if password is not None:
+            raise ConfigError(f"{key}: give password or password_file, not both")
+        password = _read_secret(_string(table["password_file"], f"{key}.password_file"), key)
+    if (username is None) != (password is None):
+        raise ConfigError(f"{key}: username and password go together")
+    return Registry(
+        name=name,
+        url=url,
+        username=None if username is None else _string(username, f"{key}.username"),
+        password=None if password is None else _string(password, f"{key}.password"),
+        docker_hub=name == DOCKER_HUB or url.host in {"registry-1.docker.io", "index.docker.io"},
+    )
+
+
+def _url_registry(target: str, key: str) -> Registry:
+    if "://" not in target:
+        raise ConfigError(
+            f"{key}: {target!r} is neither a registry name ({', '.join(sorted(WELL_KNOWN))}, "
+            "or one defined under [registries]) nor an http(s):// URL"
+        )
+    return _registry(target, {"url": target})
+
+
+def _url(value: object, key: str) -> DecodedURL:
+    text = _string(value, key)
+    try:
+        url = DecodedURL.from_text(text)
+    except ValueError as e:
+        raise ConfigError(f"{key}: {text!r} is not a URL: {e}") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ConfigError(f"{key}: {text!r} must be an http:// or https:// URL with a host")
+    if url.query or url.fragment:
+        raise ConfigError(f"{key}: {text!r} must not have a query or fragment")
+    # Registry APIs live at /v2/ below the URL's path; drop a trailing slash once here.
+    return url.replace(path=tuple(s for s in url.path if s))
+
+
+def _read_secret(path: str, key: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError as e:
+        raise ConfigError(f"{key}.password_file: cannot read {path}: {e.strerror}") from None
+
+
+def _upstream(table: Mapping[str, Any]) -> UpstreamSettings:
+    fields = {f.name: f for f in attrs.fields(UpstreamSettings)}
+    _check_keys(table, "upstream.", set(fields))
+    values: dict[str, Any] = {}
+    for name, value in table.items():
+        kind = int if fields[name].type in (int, "int") else float
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise ConfigError(f"upstream.{name}: must be a positive number")
+        if kind is int and not isinstance(value, int):
+            raise ConfigError(f"upstream.{name}: must be a whole number")
+        values[name] = kind(value)
+    return UpstreamSettings(**values)
+
+
+def _host_key(host: str, key: str) -> str:
+    host = host.strip().lower()
+    if not host or "/" in host or (host != DEFAULT_ROUTE and "*" in host):
+        raise ConfigError(f"{key}: {host!r} is not a host name or '*'")
+    return strip_port(host)
+
+
+def strip_port(host: str) -> str:
+    """``example.com:5000`` -> ``example.com``; ``[::1]:5000`` -> ``::1``."""
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    if host.count(":") == 1:
+        return host.partition(":")[0]
+    return host
+
+
+def _check_keys(table: Mapping[str, Any], prefix: str, allowed: set[str]) -> None:
+    for key in table:
+        if key not in allowed:
+            raise ConfigError(f"{prefix}{key}: unknown key (expected one of {sorted(allowed)})")
+
+
+def _table(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key}: must be a table")
+    return value
+
+
+def _list(data: Mapping[str, Any], key: str, name: str) -> list[Any]:
+    value = data.get(key, [])
+    if not isinstance(value, list):
+        raise ConfigError(f"{name}: must be a list")
+    return value
+
+
+def _string(value: object, key: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{key}: must be a non-empty string")
+    return value

@@ -1,0 +1,92 @@
+"""The OCI error codes the mirror speaks, one exception type, and the one place that renders them.
+
+Codes and statuses follow the distribution-spec "Error Codes" table, plus the
+UNAVAILABLE and TOOMANYREQUESTS codes that distribution registers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+import attrs
+from twisted.web.iweb import IRequest
+
+
+@attrs.frozen
+class ErrorCode:
+    code: str
+    status: int
+    message: str
+
+
+BLOB_UNKNOWN = ErrorCode("BLOB_UNKNOWN", 404, "blob unknown to registry")
+DIGEST_INVALID = ErrorCode("DIGEST_INVALID", 400, "provided digest did not match uploaded content")
+MANIFEST_INVALID = ErrorCode("MANIFEST_INVALID", 400, "manifest invalid")
+MANIFEST_UNKNOWN = ErrorCode("MANIFEST_UNKNOWN", 404, "manifest unknown")
+NAME_INVALID = ErrorCode("NAME_INVALID", 400, "invalid repository name")
+NAME_UNKNOWN = ErrorCode("NAME_UNKNOWN", 404, "repository name not known to registry")
+SIZE_INVALID = ErrorCode("SIZE_INVALID", 400, "provided length did not match content length")
+UNAUTHORIZED = ErrorCode("UNAUTHORIZED", 401, "authentication required")
+DENIED = ErrorCode("DENIED", 403, "requested access to the resource is denied")
+UNSUPPORTED = ErrorCode("UNSUPPORTED", 405, "the operation is unsupported")
+TOOMANYREQUESTS = ErrorCode("TOOMANYREQUESTS", 429, "too many requests")
+UNAVAILABLE = ErrorCode("UNAVAILABLE", 503, "service unavailable")
+UNKNOWN = ErrorCode("UNKNOWN", 500, "unknown error")
+
+CODES: dict[str, ErrorCode] = {
+    c.code: c
+    for c in (
+        BLOB_UNKNOWN,
+        DIGEST_INVALID,
+        MANIFEST_INVALID,
+        MANIFEST_UNKNOWN,
+        NAME_INVALID,
+        NAME_UNKNOWN,
+        SIZE_INVALID,
+        UNAUTHORIZED,
+        DENIED,
+        UNSUPPORTED,
+        TOOMANYREQUESTS,
+        UNAVAILABLE,
+        UNKNOWN,
+    )
+}
+
+
+class RegistryError(Exception):
+    """An error the client sees as an OCI error body.
+
+    ``status`` overrides the code's usual status where the spec's code fits but
+    the cause is different (an unreachable upstream is UNAVAILABLE with 502).
+    """
+
+    def __init__(
+        self,
+        code: ErrorCode,
+        detail: object = None,
+        *,
+        status: int | None = None,
+        message: str | None = None,
+        headers: Iterable[tuple[bytes, bytes]] = (),
+    ) -> None:
+        super().__init__(code.code, detail)
+        self.code = code
+        self.detail = detail
+        self.status = status if status is not None else code.status
+        self.message = message if message is not None else code.message
+        self.headers = tuple(headers)
+
+    def body(self) -> bytes:
+        error = {"code": self.code.code, "message": self.message, "detail": self.detail}
+        return json.dumps({"errors": [error]}).encode()
+
+
+def render_error(request: IRequest, error: RegistryError) -> bytes:
+    """Set status and headers for ``error`` on ``request`` and return the body."""
+    request.setResponseCode(error.status)
+    request.responseHeaders.setRawHeaders(b"content-type", [b"application/json"])
+    request.responseHeaders.removeHeader(b"content-length")
+    for name, value in error.headers:
+        request.responseHeaders.setRawHeaders(name, [value])
+    return error.body()

@@ -1,0 +1,242 @@
+"""The pull path: manifests, blobs, tag lists and referrers, from the upstream to the client.
+
+Manifests are small and buffered (bounded, digest-checked, bytes untouched);
+everything else streams through :class:`~dockermirror.streaming.StreamResource`.
+Upstream failures become the OCI error a client expects.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+from hyperlink import EncodedURL
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
+from twisted.web.server import Request
+
+from dockermirror.config import UpstreamSettings
+from dockermirror.errors import (
+    BLOB_UNKNOWN,
+    CODES,
+    DENIED,
+    MANIFEST_INVALID,
+    MANIFEST_UNKNOWN,
+    NAME_UNKNOWN,
+    TOOMANYREQUESTS,
+    UNAVAILABLE,
+    UNKNOWN,
+    ErrorCode,
+    RegistryError,
+)
+from dockermirror.reference import digest_of, is_digest
+from dockermirror.routing import Target
+from dockermirror.streaming import BodyPipe, BodyTooLarge, StreamResource, discard, read_bounded
+from dockermirror.upstream import UpstreamClient
+
+_MANIFEST_HEADERS = (b"content-type", b"docker-content-digest", b"etag", b"last-modified")
+_BLOB_HEADERS = (
+    b"content-type",
+    b"content-length",
+    b"content-range",
+    b"accept-ranges",
+    b"docker-content-digest",
+    b"etag",
+    b"last-modified",
+)
+_LIST_HEADERS = (b"content-type", b"content-length", b"oci-filters-applied")
+_NOT_FOUND_CODES = {MANIFEST_UNKNOWN.code, BLOB_UNKNOWN.code, NAME_UNKNOWN.code}
+_MAX_ERROR_BYTES = 64 * 1024
+
+
+class Puller:
+    """Answers pull requests for resolved targets from their upstream registries."""
+
+    def __init__(
+        self,
+        clients: Mapping[str, UpstreamClient],
+        clock: IReactorTime,
+        settings: UpstreamSettings,
+    ) -> None:
+        self._clients = clients
+        self._clock = clock
+        self._settings = settings
+
+    async def manifest(self, request: Request, target: Target, reference: str) -> bytes:
+        method = request.method
+        accept = request.requestHeaders.getRawHeaders(b"accept", [])
+        response = await self._clients[target.registry.name].request(
+            method,
+            target.name,
+            ("manifests", reference),
+            headers={b"accept": accept} if accept else None,
+        )
+        if response.code != 200:
+            raise await upstream_failure(response, method, target, MANIFEST_UNKNOWN)
+        if method == b"HEAD":
+            _set_headers(request, _copy_headers(response, (*_MANIFEST_HEADERS, b"content-length")))
+            discard(response)
+            return b""
+        try:
+            body = await read_bounded(response, self._settings.max_manifest_bytes)
+        except BodyTooLarge:
+            raise RegistryError(
+                MANIFEST_INVALID,
+                {"limit": self._settings.max_manifest_bytes},
+                status=502,
+                message="the upstream manifest is larger than the mirror accepts",
+            ) from None
+        digest = _check_manifest_digest(response, body, reference)
+        _set_headers(request, _copy_headers(response, _MANIFEST_HEADERS))
+        request.responseHeaders.setRawHeaders(b"docker-content-digest", [digest.encode()])
+        request.responseHeaders.setRawHeaders(b"content-length", [str(len(body)).encode()])
+        return body
+
+    async def blob(self, request: Request, target: Target, digest: str) -> StreamResource:
+        headers = {}
+        ranges = request.requestHeaders.getRawHeaders(b"range")
+        if ranges:
+            headers[b"range"] = ranges
+        response = await self._clients[target.registry.name].request(
+            request.method, target.name, ("blobs", digest), headers=headers
+        )
+        if response.code not in (200, 206, 416):
+            raise await upstream_failure(response, request.method, target, BLOB_UNKNOWN)
+        # Only a whole body can be checked against its digest.
+        expected = digest if response.code == 200 else None
+        return self._stream(response, _copy_headers(response, _BLOB_HEADERS), expected)
+
+    async def tags(self, request: Request, target: Target) -> StreamResource:
+        query = [(k, v) for k in ("n", "last") for v in _args(request, k)]
+        response = await self._clients[target.registry.name].request(
+            request.method, target.name, ("tags", "list"), query=query
+        )
+        if response.code != 200:
+            raise await upstream_failure(response, request.method, target, NAME_UNKNOWN)
+        headers = _copy_headers(response, _LIST_HEADERS)
+        links = response.headers.getRawHeaders(b"link", [])
+        if links:
+            headers.append((b"link", [_mirror_link(link, target, request) for link in links]))
+        return self._stream(response, headers, None)
+
+    async def referrers(self, request: Request, target: Target, digest: str) -> StreamResource:
+        query = [("artifactType", v) for v in _args(request, "artifactType")]
+        response = await self._clients[target.registry.name].request(
+            request.method, target.name, ("referrers", digest), query=query
+        )
+        if response.code != 200:
+            raise await upstream_failure(response, request.method, target, MANIFEST_UNKNOWN)
+        return self._stream(response, _copy_headers(response, _LIST_HEADERS), None)
+
+    def _stream(
+        self,
+        response: IResponse,
+        headers: list[tuple[bytes, list[bytes]]],
+        expected_digest: str | None,
+    ) -> StreamResource:
+        return StreamResource(
+            response,
+            headers,
+            lambda request: BodyPipe(
+                request, self._clock, self._settings.idle_timeout, expected_digest
+            ),
+        )
+
+
+async def upstream_failure(
+    response: IResponse, method: bytes, target: Target, not_found: ErrorCode
+) -> RegistryError:
+    """The OCI error to give the client for an upstream answer that is not a success."""
+    upstream_code, upstream_message = None, None
+    if method != b"HEAD":
+        try:
+            upstream_code, upstream_message = _first_error(
+                await read_bounded(response, _MAX_ERROR_BYTES)
+            )
+        except Exception:  # an unreadable error body is no reason to fail worse
+            pass
+    else:
+        discard(response)
+    detail = {
+        "registry": target.registry.name,
+        "name": target.name,
+        "upstream_status": response.code,
+        "upstream_message": upstream_message,
+    }
+    status = response.code
+    if status == 404:
+        code = CODES[upstream_code] if upstream_code in _NOT_FOUND_CODES else not_found
+        return RegistryError(code, detail)
+    if status in (401, 403):
+        return RegistryError(DENIED, detail)
+    if status == 429:
+        retry = response.headers.getRawHeaders(b"retry-after", [b"60"])[0]
+        return RegistryError(TOOMANYREQUESTS, detail, headers=[(b"retry-after", retry)])
+    if 400 <= status < 500 and upstream_code in CODES:
+        return RegistryError(CODES[upstream_code], detail, status=status)
+    if status >= 500:
+        return RegistryError(
+            UNAVAILABLE, detail, status=502, message=f"the upstream registry answered {status}"
+        )
+    return RegistryError(
+        UNKNOWN, detail, status=502, message=f"unexpected upstream answer {status}"
+    )
+
+
+def _first_error(body: bytes) -> tuple[str | None, str | None]:
+    try:
+        error = json.loads(body)["errors"][0]
+        return str(error.get("code")), str(error.get("message"))
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return None, None
+
+
+def _check_manifest_digest(response: IResponse, body: bytes, reference: str) -> str:
+    """The manifest's digest; the bytes must match the reference and the upstream's claim."""
+    algorithm = reference.partition(":")[0] if is_digest(reference) else "sha256"
+    digest = digest_of(body, algorithm)
+    claimed = response.headers.getRawHeaders(b"docker-content-digest", [b""])[0].decode()
+    expected = reference if is_digest(reference) else claimed
+    if expected and expected.partition(":")[0] == algorithm and expected != digest:
+        raise RegistryError(
+            MANIFEST_INVALID,
+            {"expected": expected, "actual": digest},
+            status=502,
+            message="the upstream manifest does not match its digest",
+        )
+    return digest
+
+
+def _copy_headers(
+    response: IResponse, names: tuple[bytes, ...]
+) -> list[tuple[bytes, list[bytes]]]:
+    headers = []
+    for name in names:
+        values = response.headers.getRawHeaders(name)
+        # A body decoded from gzip no longer has the upstream's length.
+        if values and not (name == b"content-length" and response.length is UNKNOWN_LENGTH):
+            headers.append((name, values))
+    return headers
+
+
+def _set_headers(request: Request, headers: list[tuple[bytes, list[bytes]]]) -> None:
+    for name, values in headers:
+        request.responseHeaders.setRawHeaders(name, values)
+
+
+def _args(request: Request, key: str) -> list[str]:
+    return [v.decode("utf-8", "replace") for v in request.args.get(key.encode(), [])]
+
+
+def _mirror_link(link: bytes, target: Target, request: Request) -> bytes:
+    """Point an upstream pagination link at the same list on the mirror."""
+    text = link.decode("latin-1")
+    start, end = text.find("<"), text.find(">")
+    if start < 0 or end < start:
+        return link
+    upstream = EncodedURL.from_text(text[start + 1 : end])
+    mirror = EncodedURL(path=("v2", *target.client_name.split("/"), "tags", "list"), rooted=True)
+    mirror = mirror.replace(query=upstream.query)
+    for ns in _args(request, "ns"):
+        mirror = mirror.add("ns", ns)
+    return f"{text[:start]}<{mirror.to_text()}>{text[end + 1 :]}".encode("latin-1")

@@ -1,0 +1,79 @@
+"""Which upstream registry and repository a client's request is for.
+
+Three ways to name a registry, most explicit first:
+
+1. a path prefix: ``/v2/ghcr.io/owner/image/...``;
+2. containerd's ``?ns=ghcr.io`` parameter;
+3. the host name the client used, through the ``[routes]`` table (``*`` as default).
+
+Prefixes and ``ns`` only ever select a registry the configuration knows by name
+(well-known or defined under ``[registries]``), so neither turns the mirror into
+an open relay to arbitrary hosts.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from dockermirror.config import MirrorConfig, Registry, strip_port
+from dockermirror.errors import DENIED, NAME_UNKNOWN, RegistryError
+from dockermirror.reference import validate_name
+
+
+@attrs.frozen
+class Target:
+    registry: Registry
+    # The repository as the upstream knows it (``library/redis``).
+    name: str
+    # The repository as the client wrote it (``docker.io/redis``), for links back to the mirror.
+    client_name: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.registry.name}/{self.name}"
+
+
+def route_request(config: MirrorConfig, host: str, name: str, ns: str | None) -> Target:
+    """Resolve a client's repository name; raise an OCI error when nothing serves it."""
+    validate_name(name)
+    registry, upstream_name = _registry_by_prefix(config, name)
+    if registry is None and ns:
+        registry = config.registries.get(ns)
+        if registry is None:
+            raise RegistryError(
+                DENIED,
+                {"ns": ns, "registries": sorted(config.registries)},
+                message=f"registry {ns!r} is not served by this mirror",
+            )
+    if registry is None:
+        registry = registry_for_host(config, host)
+    return Target(registry, complete_name(registry, upstream_name), name)
+
+
+def registry_for_host(config: MirrorConfig, host: str) -> Registry:
+    hostname = strip_port(host.lower())
+    registry = config.registry_for_host(hostname)
+    if registry is None:
+        raise RegistryError(
+            NAME_UNKNOWN,
+            {"host": hostname, "hosts": sorted(config.routes)},
+            message=f"no route for host {hostname!r}",
+        )
+    return registry
+
+
+def complete_name(registry: Registry, name: str) -> str:
+    """Docker Hub's one-part names are official images: ``redis`` is ``library/redis``."""
+    if registry.docker_hub and "/" not in name:
+        return "library/" + name
+    return name
+
+
+def _registry_by_prefix(config: MirrorConfig, name: str) -> tuple[Registry | None, str]:
+    first, sep, rest = name.partition("/")
+    # Registry names have a dot; Docker Hub user and organisation names never do.
+    if sep and "." in first:
+        registry = config.registries.get(first)
+        if registry is not None:
+            return registry, rest
+    return None, name

@@ -1,0 +1,74 @@
+"""``twistd dockermirror``: command-line options and the service tree."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application import strports
+from twisted.application.service import MultiService
+from twisted.internet.endpoints import serverFromString
+from twisted.python import usage
+
+from dockermirror.config import ConfigError, build_config, load_toml, parse_assignment
+from dockermirror.service import UpstreamPools, build_site
+
+
+class Options(usage.Options):
+    synopsis = "[--config FILE] [--port ENDPOINT]... [--route HOST=UPSTREAM]..."
+    longdesc = (
+        "A pull-through mirror for Docker Hub and other OCI registries. With no options it "
+        "listens on tcp:5000 and sends every host to Docker Hub."
+    )
+    optParameters = [["config", "c", None, "TOML configuration file (options override it)."]]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["port"] = []
+        self["route"] = []
+        self["registry"] = []
+
+    def opt_port(self, endpoint: str) -> None:
+        """Listen on a Twisted server endpoint (repeatable): tcp:5000:interface=127.0.0.1, ssl:443:privateKey=key.pem:certKey=cert.pem, unix:/run/dockermirror.sock, systemd:domain=INET:index=0"""  # noqa: E501
+        self["port"].append(endpoint)
+
+    opt_p = opt_port
+
+    def opt_route(self, assignment: str) -> None:
+        """HOST=UPSTREAM (repeatable): requests for HOST ("*": any other host) go to UPSTREAM, a registry name (docker.io, ghcr.io, ...) or an http(s):// URL"""  # noqa: E501
+        self["route"].append(assignment)
+
+    def opt_registry(self, assignment: str) -> None:
+        """NAME=URL (repeatable): the URL of a well-known registry, or a new named one."""
+        self["registry"].append(assignment)
+
+    def postOptions(self) -> None:
+        try:
+            data = load_toml(self["config"]) if self["config"] else {}
+            self["mirror"] = build_config(
+                data,
+                ports=self["port"],
+                routes=[parse_assignment(v, "route") for v in self["route"]],
+                registries=[parse_assignment(v, "registry") for v in self["registry"]],
+            )
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+        for port in self["mirror"].ports:
+            try:
+                # Parsing only: the endpoint does not touch the reactor until it listens.
+                serverFromString(None, port)
+            except (ValueError, KeyError, TypeError, OSError) as e:
+                raise usage.UsageError(f"port {port!r}: {e}") from None
+
+
+def makeService(options: Options, reactor: Any = None) -> MultiService:
+    if reactor is None:
+        from twisted.internet import reactor
+    config = options["mirror"]
+    top = MultiService()
+    pools = UpstreamPools(config, reactor)
+    pools.setServiceParent(top)
+    site = build_site(config, reactor, pools.clients)
+    for port in config.ports:
+        listener = strports.service(port, site, reactor=reactor)
+        listener.setServiceParent(top)
+    return top

@@ -1,0 +1,232 @@
+"""The client side: one :class:`UpstreamClient` per upstream registry.
+
+It owns the registry's connection pool, answers the registry's
+``WWW-Authenticate`` challenges (anonymously or with configured credentials),
+caches tokens per scope until they expire, follows blob redirects itself (so the
+registry's Authorization never reaches a CDN or S3), and turns transport
+failures into OCI errors (502 unreachable, 504 timeout).
+"""
+
+from __future__ import annotations
+
+import json
+from base64 import b64encode
+from collections.abc import Iterable, Mapping, Sequence
+
+from hyperlink import EncodedURL
+from treq.client import HTTPClient
+from twisted.internet import error as netError
+from twisted.internet.defer import CancelledError
+from twisted.internet.defer import TimeoutError as DeferredTimeout
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.web.client import (
+    RequestTransmissionFailed,
+    ResponseFailed,
+    ResponseNeverReceived,
+)
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent, IResponse
+
+from dockermirror import __version__
+from dockermirror.challenge import Challenge, parse_challenges
+from dockermirror.config import Registry, UpstreamSettings
+from dockermirror.errors import DENIED, UNAVAILABLE, RegistryError
+from dockermirror.streaming import BodyTooLarge, discard, read_bounded
+
+log = Logger()
+
+USER_AGENT = f"dockermirror/{__version__}".encode()
+MAX_REDIRECTS = 5
+_REDIRECT_CODES = {301, 302, 303, 307, 308}
+_MAX_TOKEN_BYTES = 1024 * 1024
+# Renew a token this many seconds before the upstream says it expires.
+_TOKEN_MARGIN = 10.0
+_MAX_CACHED_TOKENS = 1024
+
+
+class UpstreamClient:
+    """Requests to one upstream registry, authenticated and with redirects followed."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        agent: IAgent,
+        clock: IReactorTime,
+        settings: UpstreamSettings,
+    ) -> None:
+        self.registry = registry
+        self._http = HTTPClient(agent)
+        self._clock = clock
+        self._settings = settings
+        self._challenge: Challenge | None = None
+        self._tokens: dict[str, tuple[bytes, float]] = {}
+
+    async def request(
+        self,
+        method: bytes,
+        name: str,
+        path: Iterable[str],
+        *,
+        query: Iterable[tuple[str, str]] = (),
+        headers: Mapping[bytes, Sequence[bytes]] | None = None,
+    ) -> IResponse:
+        """``METHOD <registry>/v2/<name>/<path...>?<query>``, authenticated to pull ``name``."""
+        url = self.registry.url.child("v2", *name.split("/"), *path)
+        for key, value in query:
+            url = url.add(key, value)
+        scope = f"repository:{name}:pull"
+        authorization = await self._authorization(scope, fresh=False)
+        response = await self._send(method, url.encoded_url, headers or {}, authorization)
+        if response.code != 401:
+            return response
+        challenge = _usable_challenge(response)
+        discard(response)
+        if challenge is None:
+            return response
+        # The registry challenged us: remember how it wants to be asked, and ask once more.
+        self._challenge = challenge
+        authorization = await self._authorization(scope, fresh=True)
+        if authorization is None:
+            return response
+        return await self._send(method, url.encoded_url, headers or {}, authorization)
+
+    async def _authorization(self, scope: str, *, fresh: bool) -> bytes | None:
+        challenge = self._challenge
+        if challenge is None:
+            return None
+        if challenge.scheme == "basic":
+            return _basic(self.registry.credentials)
+        cached = self._tokens.get(scope)
+        now = self._clock.seconds()
+        if cached is not None and not fresh and cached[1] > now:
+            return cached[0]
+        token, lifetime = await self._fetch_token(challenge, scope)
+        if len(self._tokens) >= _MAX_CACHED_TOKENS:
+            self._tokens = {k: v for k, v in self._tokens.items() if v[1] > now}
+        header = b"Bearer " + token.encode()
+        self._tokens[scope] = (header, now + max(lifetime - _TOKEN_MARGIN, lifetime / 2))
+        return header
+
+    async def _fetch_token(self, challenge: Challenge, scope: str) -> tuple[str, float]:
+        realm = challenge.params.get("realm", "")
+        try:
+            url = EncodedURL.from_text(realm)
+        except ValueError:
+            url = None
+        if url is None or url.scheme not in ("http", "https") or not url.host:
+            raise _upstream_error(self.registry, f"unusable token realm {realm!r}")
+        if challenge.params.get("service"):
+            url = url.add("service", challenge.params["service"])
+        url = url.add("scope", scope)
+        headers: dict[bytes, Sequence[bytes]] = {}
+        basic = _basic(self.registry.credentials)
+        if basic is not None:
+            headers[b"authorization"] = [basic]
+        response = await self._send(b"GET", url, headers, None)
+        try:
+            body = await read_bounded(response, _MAX_TOKEN_BYTES)
+        except BodyTooLarge:
+            raise _upstream_error(self.registry, "token response too large") from None
+        if response.code in (401, 403):
+            raise RegistryError(
+                DENIED,
+                {"registry": self.registry.name},
+                message="the upstream registry refused the mirror's credentials",
+            )
+        try:
+            document = json.loads(body)
+            token = document.get("token") or document.get("access_token")
+            lifetime = float(document.get("expires_in") or 60)
+        except (ValueError, AttributeError, TypeError):
+            token = None
+        if response.code != 200 or not isinstance(token, str) or not token:
+            raise _upstream_error(self.registry, f"token endpoint answered {response.code}")
+        log.debug("token for {registry} {scope}", registry=self.registry.name, scope=scope)
+        return token, lifetime
+
+    async def _send(
+        self,
+        method: bytes,
+        url: EncodedURL,
+        headers: Mapping[bytes, Sequence[bytes]],
+        authorization: bytes | None,
+    ) -> IResponse:
+        """One request, following up to MAX_REDIRECTS redirects by hand.
+
+        Redirect targets (Docker Hub's CDN, S3) never get the registry's
+        Authorization: S3 rejects a request that carries one.
+        """
+        for hop in range(MAX_REDIRECTS + 1):
+            sent: dict[bytes, Sequence[bytes]] = {b"user-agent": [USER_AGENT], **headers}
+            if authorization is not None and hop == 0:
+                sent[b"authorization"] = [authorization]
+            response = await self._once(method, url, sent)
+            if response.code not in _REDIRECT_CODES:
+                return response
+            location = response.headers.getRawHeaders(b"location", [b""])[0]
+            discard(response)
+            try:
+                url = url.click(EncodedURL.from_text(location.decode("ascii")))
+            except (ValueError, UnicodeDecodeError):
+                raise _upstream_error(self.registry, "redirect to an invalid location") from None
+            if url.scheme not in ("http", "https"):
+                raise _upstream_error(self.registry, f"redirect to a {url.scheme!r} URL refused")
+        raise _upstream_error(self.registry, f"more than {MAX_REDIRECTS} redirects")
+
+    async def _once(
+        self, method: bytes, url: EncodedURL, headers: Mapping[bytes, Sequence[bytes]]
+    ) -> IResponse:
+        d = self._http.request(
+            method.decode("ascii"),
+            url,
+            headers=Headers(dict(headers)),
+            allow_redirects=False,
+            unbuffered=True,
+        )
+        d.addTimeout(self._settings.response_timeout, self._clock)
+        try:
+            response: IResponse = await d
+            return response
+        except CancelledError:
+            raise  # the client went away
+        except (DeferredTimeout, netError.TimeoutError):
+            raise RegistryError(
+                UNAVAILABLE,
+                {"registry": self.registry.name, "host": url.host},
+                status=504,
+                message="the upstream registry did not answer in time",
+            ) from None
+        except (
+            netError.ConnectError,
+            netError.DNSLookupError,
+            netError.ConnectionLost,
+            ResponseFailed,
+            ResponseNeverReceived,
+            RequestTransmissionFailed,
+        ) as e:
+            raise _upstream_error(self.registry, f"{url.host}: {type(e).__name__}") from None
+
+
+def _usable_challenge(response: IResponse) -> Challenge | None:
+    for header in response.headers.getRawHeaders(b"www-authenticate", []):
+        for challenge in parse_challenges(header.decode("latin-1")):
+            if challenge.scheme in ("bearer", "basic"):
+                return challenge
+    return None
+
+
+def _basic(credentials: tuple[str, str] | None) -> bytes | None:
+    if credentials is None:
+        return None
+    return b"Basic " + b64encode(":".join(credentials).encode())
+
+
+def _upstream_error(registry: Registry, problem: str) -> RegistryError:
+    log.warn("upstream {registry}: {problem}", registry=registry.name, problem=problem)
+    return RegistryError(
+        UNAVAILABLE,
+        {"registry": registry.name, "problem": problem},
+        status=502,
+        message=f"the upstream registry failed: {problem}",
+    )
