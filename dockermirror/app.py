@@ -17,7 +17,6 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
-from dockermirror.accesslog import note_route
 from dockermirror.config import MirrorConfig, strip_port
 from dockermirror.errors import (
     NAME_UNKNOWN,
@@ -32,6 +31,7 @@ from dockermirror.issuer import SERVICE, TokenIssuer
 from dockermirror.pull import Puller
 from dockermirror.reference import Endpoint, parse_api_path, validate_digest, validate_reference
 from dockermirror.routing import route_request
+from dockermirror.site import note_route
 
 log = Logger()
 
@@ -123,6 +123,15 @@ class MirrorApp:
     def registry_error(self, request: IRequest, failure: Failure) -> bytes:
         error = failure.value
         assert isinstance(error, RegistryError)
+        if error.status >= 500:
+            log.warn(
+                "{method} {path}: {code} {message} {detail}",
+                method=request.method.decode("ascii", "replace"),
+                path=request.path.decode("utf-8", "replace"),
+                code=error.code.code,
+                message=error.message,
+                detail=error.detail,
+            )
         return render_error(request, error)
 
     @app.handle_errors(NotFound)

@@ -9,11 +9,11 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from dockermirror.accesslog import MirrorSite
 from dockermirror.app import MirrorApp
 from dockermirror.config import MirrorConfig
 from dockermirror.issuer import TokenIssuer
 from dockermirror.pull import Puller
+from dockermirror.site import MirrorSite
 from dockermirror.upstream import UpstreamClient
 
 

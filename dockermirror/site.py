@@ -1,10 +1,11 @@
-"""One structured log event per request, including requests whose client went away."""
+"""The mirror's Site: one structured log event per request, and quick answers to TLS probes."""
 
 from __future__ import annotations
 
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
+from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
@@ -18,6 +19,31 @@ def note_route(request: Request, label: str) -> None:
     setattr(request, _ROUTE_ATTRIBUTE, label)
 
 
+_TLS_ON_PLAIN_PORT = (
+    b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTPS request to an HTTP server.\n"
+)
+
+
+class PlainHTTPChannel(HTTPChannel):
+    """An HTTP channel that answers a TLS handshake at once instead of waiting for a line.
+
+    Docker, skopeo and containerd try HTTPS first on an "insecure" registry; a
+    plain-HTTP port that waits for a request line makes each of them stall for
+    Go's 10 s TLS handshake timeout before falling back to HTTP.
+    """
+
+    _first = True
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._first and data[:1] == b"\x16" and self.transport is not None:
+            # A TLS handshake record: no HTTP request line starts with this byte.
+            self.transport.write(_TLS_ON_PLAIN_PORT)
+            self.transport.loseConnection()
+            return
+        self._first = False
+        super().dataReceived(data)
+
+
 class MirrorSite(Site):
     """A Site whose access log is a ``twisted.logger`` event rather than a log-file line.
 
@@ -27,6 +53,10 @@ class MirrorSite(Site):
     """
 
     noisy = False
+
+    def protocol(self) -> _GenericHTTPChannelProtocol:
+        # Twisted's factory for this wrapper is private; it is what Site uses by default.
+        return _GenericHTTPChannelProtocol(PlainHTTPChannel())
 
     def getResourceFor(self, request: Request) -> IResource:
         started = self.reactor.seconds()

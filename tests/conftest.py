@@ -1,0 +1,224 @@
+"""Fixtures: logged errors fail tests, and the real peers of the interop tests.
+
+The interop peers (the CNCF distribution registry with token auth, a token
+server, a CDN-style redirecting front, and the mirror itself under twistd) are
+separate processes started once per session on free loopback ports.  They are
+processes rather than objects on the test reactor because the tests drive
+skopeo, podman and containerd synchronously.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import attrs
+import pytest
+from twisted.logger import LogLevel, globalLogPublisher
+
+from tests.support.images import Image, Pusher, build_images
+from tests.support.processes import Peer, free_port
+from tests.support.tokens import ISSUER, SERVICE, make_pki, sign_token
+
+HERE = Path(__file__).parent
+BIG_LAYER = 256 * 1024 * 1024
+CDN_HOST = "127.0.0.2"
+
+
+@pytest.fixture
+def observe_errors() -> Iterator[list[object]]:
+    """Fail the test if anything logs an error or critical event."""
+    errors: list[object] = []
+
+    def observer(event: dict[str, object]) -> None:
+        level = event.get("log_level")
+        if level in (LogLevel.error, LogLevel.critical):
+            errors.append(event)
+
+    globalLogPublisher.addObserver(observer)
+    yield errors
+    globalLogPublisher.removeObserver(observer)
+    assert errors == [], errors
+
+
+def _require(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        # A missing peer is a failure, never a skip: .ci/run installs them all.
+        pytest.fail(f"{tool} is not installed; run .ci/run, which installs the test peers")
+    return path
+
+
+@attrs.frozen
+class Upstream:
+    url: str
+    storage: Path
+    images: dict[str, Image]
+    key: Path
+    cert: Path
+    token_log: Path
+
+    def token(self, name: str, actions: tuple[str, ...] = ("pull",)) -> str:
+        access = [{"type": "repository", "name": name, "actions": list(actions)}]
+        return sign_token(self.key, self.cert, access)
+
+
+@pytest.fixture(scope="session")
+def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
+    """The real distribution registry, token auth on, seeded with the suite's images."""
+    registry_bin = _require("docker-registry")
+    root = tmp_path_factory.mktemp("upstream")
+    key, cert = make_pki(root)
+    token_port, registry_port = free_port(), free_port()
+    token_log = root / "tokens.jsonl"
+    token_log.touch()
+    tokens = Peer(
+        "token server",
+        [
+            sys.executable,
+            str(HERE / "support" / "tokenserver.py"),
+            str(token_port),
+            str(key),
+            str(cert),
+            str(token_log),
+        ],
+        "127.0.0.1",
+        token_port,
+        root / "tokenserver.log",
+    )
+    storage = root / "storage"
+    config = root / "registry.yml"
+    config.write_text(
+        f"""version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: {storage}
+  maintenance:
+    uploadpurging:
+      enabled: false
+http:
+  addr: 127.0.0.1:{registry_port}
+  secret: dockermirror-tests
+auth:
+  token:
+    realm: http://127.0.0.1:{token_port}/token
+    service: {SERVICE}
+    issuer: {ISSUER}
+    rootcertbundle: {cert}
+"""
+    )
+    registry = Peer(
+        "registry",
+        [registry_bin, "serve", str(config)],
+        "127.0.0.1",
+        registry_port,
+        root / "registry.log",
+    )
+    url = f"http://127.0.0.1:{registry_port}"
+    images = build_images(tmp_path_factory.mktemp("images"), BIG_LAYER)
+    result = Upstream(url, storage, images, key, cert, token_log)
+    pusher = Pusher(url, lambda name: result.token(name, ("pull", "push")))
+    for image in images.values():
+        pusher.push(image)
+    yield result
+    registry.stop()
+    tokens.stop()
+
+
+@attrs.frozen
+class Front:
+    url: str
+    port: int
+
+
+@pytest.fixture(scope="session")
+def front(upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Front]:
+    """A registry front that answers blob GETs with 307 to a CDN on another loopback host."""
+    root = tmp_path_factory.mktemp("front")
+    port, cdn_port = free_port(), free_port(CDN_HOST)
+    registry_port = upstream.url.rpartition(":")[2]
+    peer = Peer(
+        "redirecting front",
+        [
+            sys.executable,
+            str(HERE / "support" / "fronts.py"),
+            str(port),
+            CDN_HOST,
+            str(cdn_port),
+            registry_port,
+            str(upstream.storage),
+        ],
+        "127.0.0.1",
+        port,
+        root / "front.log",
+    )
+    yield Front(f"http://127.0.0.1:{port}", port)
+    peer.stop()
+
+
+@attrs.frozen
+class Mirror:
+    port: int
+    peer: Peer
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}"
+
+
+@pytest.fixture(scope="session")
+def mirror(
+    upstream: Upstream, front: Front, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Mirror]:
+    """``twistd -n dockermirror`` with docker.io pointed at the test registry."""
+    root = tmp_path_factory.mktemp("mirror")
+    port = free_port()
+    secret = root / "password"
+    secret.write_text("s3cret\n")
+    config = root / "dockermirror.toml"
+    config.write_text(
+        f"""[server]
+ports = ["tcp:{port}:interface=127.0.0.1"]
+
+[routes]
+"*" = "docker.io"
+"localhost" = "cdn.test"
+
+[registries."docker.io"]
+url = "{upstream.url}"
+
+[registries."cdn.test"]
+url = "{front.url}"
+
+[registries."private.test"]
+url = "{upstream.url}"
+username = "mirror"
+password_file = "{secret}"
+
+[upstream]
+idle_timeout = 30
+"""
+    )
+    twistd = _require("twistd")
+    peer = Peer(
+        "mirror",
+        [twistd, "-n", "--pidfile=", "dockermirror", "--config", str(config)],
+        "127.0.0.1",
+        port,
+        root / "mirror.log",
+        env={"PYTHONPATH": str(HERE.parent)},
+    )
+    yield Mirror(port, peer)
+    peer.stop()
+    log = peer.log.read_text(errors="replace")
+    assert "Traceback" not in log, log[-4000:]

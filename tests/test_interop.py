@@ -1,0 +1,282 @@
+"""Interop with real peers: the distribution registry upstream, skopeo, podman and containerd.
+
+Every test here runs against real processes on loopback; none is skipped.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import BIG_LAYER, Mirror, Upstream, _require
+
+POLICY = '{"default": [{"type": "insecureAcceptAnything"}]}'
+
+
+@pytest.fixture(scope="module")
+def containers_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Isolate skopeo and podman from the machine's /etc/containers."""
+    root = tmp_path_factory.mktemp("containers")
+    (root / "policy.json").write_text(POLICY)
+    (root / "registries.conf").write_text("")
+    return {
+        "CONTAINERS_REGISTRIES_CONF": str(root / "registries.conf"),
+        "POLICY": str(root / "policy.json"),
+    }
+
+
+def skopeo(
+    env: dict[str, str], *args: str, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    command = [_require("skopeo"), "--policy", env["POLICY"], *args]
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, env={**os.environ, **env}
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"{command} failed:\n{result.stderr}")
+    return result
+
+
+def copy(env: dict[str, str], source: str, destination: Path, *extra: str) -> None:
+    skopeo(
+        env,
+        "copy",
+        "--src-tls-verify=false",
+        "--preserve-digests",
+        *extra,
+        source,
+        f"dir:{destination}",
+    )
+
+
+def same_tree(a: Path, b: Path) -> None:
+    names_a, names_b = sorted(p.name for p in a.iterdir()), sorted(p.name for p in b.iterdir())
+    assert names_a == names_b
+    mismatch = filecmp.cmpfiles(a, b, names_a, shallow=False)[1:]
+    assert mismatch == ([], []), mismatch
+
+
+IMAGES = {
+    "schema2": ("library/alpine:latest", ()),
+    "manifest-list": ("library/multiarch:latest", ("--all",)),
+    "oci-index": ("library/ociimage:latest", ("--all",)),
+    "big": ("library/big:latest", ()),
+}
+
+
+@pytest.mark.parametrize("label", sorted(IMAGES))
+def test_skopeo_copy_through_mirror_is_byte_identical(
+    label: str, mirror: Mirror, upstream: Upstream, containers_env: dict[str, str], tmp_path: Path
+) -> None:
+    reference, extra = IMAGES[label]
+    direct, mirrored = tmp_path / "direct", tmp_path / "mirrored"
+    registry = upstream.url.removeprefix("http://")
+    copy(containers_env, f"docker://{registry}/{reference}", direct, *extra)
+    copy(containers_env, f"docker://{mirror.address}/{reference}", mirrored, *extra)
+    same_tree(direct, mirrored)
+    assert len(list(mirrored.iterdir())) >= 3
+
+
+def fetch(
+    url: str, method: str = "GET", headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(url, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return (
+                response.status,
+                {k.lower(): v for k, v in response.headers.items()},
+                response.read(),
+            )
+    except urllib.error.HTTPError as e:
+        return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
+
+
+def oci_error(body: bytes) -> str:
+    return str(json.loads(body)["errors"][0]["code"])
+
+
+def test_skopeo_inspect_by_tag_and_by_digest(
+    mirror: Mirror, upstream: Upstream, containers_env: dict[str, str]
+) -> None:
+    manifest = upstream.images["schema2"].tags["latest"]
+    by_tag = skopeo(
+        containers_env,
+        "inspect",
+        "--tls-verify=false",
+        "--raw",
+        f"docker://{mirror.address}/library/alpine:latest",
+    )
+    by_digest = skopeo(
+        containers_env,
+        "inspect",
+        "--tls-verify=false",
+        "--raw",
+        f"docker://{mirror.address}/library/alpine@{manifest.digest}",
+    )
+    assert by_tag.stdout.encode() == by_digest.stdout.encode() == manifest.body
+    details = json.loads(
+        skopeo(
+            containers_env,
+            "inspect",
+            "--tls-verify=false",
+            f"docker://{mirror.address}/library/alpine:latest",
+        ).stdout
+    )
+    assert details["Digest"] == manifest.digest
+    assert sorted(details["RepoTags"]) == ["3.19", "3.20", "3.21", "edge", "latest"]
+
+
+def test_official_image_short_name_reaches_library(mirror: Mirror, upstream: Upstream) -> None:
+    manifest = upstream.images["schema2"].tags["latest"]
+    status, headers, body = fetch(
+        f"{mirror.url}/v2/alpine/manifests/latest", headers={"Accept": manifest.media_type}
+    )
+    assert (status, body) == (200, manifest.body)
+    assert headers["docker-content-digest"] == manifest.digest
+    assert headers["content-type"] == manifest.media_type
+
+
+def test_blob_redirect_to_second_host_is_followed(
+    mirror: Mirror,
+    upstream: Upstream,
+    front: object,
+    containers_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """The front answers blob GETs with 307 to 127.0.0.2, which refuses an Authorization header."""
+    registry = upstream.url.removeprefix("http://")
+    copy(containers_env, f"docker://{registry}/library/alpine:latest", tmp_path / "direct")
+    # By host route (localhost -> cdn.test) and by path prefix (/v2/cdn.test/...).
+    copy(
+        containers_env,
+        f"docker://localhost:{mirror.port}/library/alpine:latest",
+        tmp_path / "host",
+    )
+    copy(
+        containers_env,
+        f"docker://{mirror.address}/cdn.test/library/alpine:latest",
+        tmp_path / "prefix",
+    )
+    same_tree(tmp_path / "direct", tmp_path / "host")
+    same_tree(tmp_path / "direct", tmp_path / "prefix")
+
+
+@pytest.mark.parametrize("prefix", ["", "/cdn.test"])
+def test_blob_range_and_head(mirror: Mirror, upstream: Upstream, prefix: str) -> None:
+    blob = upstream.images["schema2"].blobs[0]
+    url = f"{mirror.url}/v2{prefix}/library/alpine/blobs/{blob.digest}"
+    status, headers, body = fetch(url, "HEAD")
+    assert (status, body) == (200, b"")
+    assert int(headers["content-length"]) == blob.size
+    status, headers, body = fetch(url, headers={"Range": "bytes=10-19"})
+    assert status == 206
+    assert headers["content-range"] == f"bytes 10-19/{blob.size}"
+    assert body == blob.path.read_bytes()[10:20]
+    status, headers, body = fetch(url)
+    assert (status, body) == (200, blob.path.read_bytes())
+
+
+def test_manifest_head_goes_upstream_as_head(mirror: Mirror, upstream: Upstream) -> None:
+    manifest = upstream.images["oci-index"].tags["latest"]
+    status, headers, body = fetch(
+        f"{mirror.url}/v2/library/ociimage/manifests/latest",
+        "HEAD",
+        {"Accept": manifest.media_type},
+    )
+    assert (status, body) == (200, b"")
+    assert headers["docker-content-digest"] == manifest.digest
+    assert int(headers["content-length"]) == len(manifest.body)
+
+
+def test_tags_pagination_links_point_at_the_mirror(mirror: Mirror) -> None:
+    """The front paginates like Docker Hub; its Link must come back pointing at the mirror."""
+    url, tags, pages = f"{mirror.url}/v2/cdn.test/library/alpine/tags/list?n=2", [], 0
+    while url:
+        status, headers, body = fetch(url)
+        assert status == 200
+        document = json.loads(body)
+        assert document["name"] == "library/alpine"
+        tags += document["tags"]
+        pages += 1
+        link = headers.get("link", "")
+        assert not link or link.startswith("</v2/cdn.test/library/alpine/tags/list?"), link
+        url = mirror.url + link[1 : link.index(">")] if link else ""
+    assert pages == 3
+    assert sorted(tags) == ["3.19", "3.20", "3.21", "edge", "latest"]
+
+
+def test_push_is_refused(mirror: Mirror, containers_env: dict[str, str], tmp_path: Path) -> None:
+    copy(containers_env, f"docker://{mirror.address}/library/alpine:latest", tmp_path / "image")
+    result = skopeo(
+        containers_env,
+        "copy",
+        "--dest-tls-verify=false",
+        f"dir:{tmp_path / 'image'}",
+        f"docker://{mirror.address}/library/pushed:latest",
+        check=False,
+    )
+    assert result.returncode != 0
+    status, _, body = fetch(f"{mirror.url}/v2/library/pushed/blobs/uploads/", "POST")
+    assert (status, oci_error(body)) == (405, "UNSUPPORTED")
+    status, _, body = fetch(f"{mirror.url}/v2/library/alpine/manifests/latest", "DELETE")
+    assert (status, oci_error(body)) == (405, "UNSUPPORTED")
+
+
+def test_configured_credentials_are_used_for_private_repositories(
+    mirror: Mirror, upstream: Upstream
+) -> None:
+    manifest = upstream.images["private"].tags["latest"]
+    accept = {"Accept": manifest.media_type}
+    # The docker.io route is anonymous: the token server grants nothing, the registry refuses.
+    status, _, body = fetch(f"{mirror.url}/v2/private/secret/manifests/latest", headers=accept)
+    assert (status, oci_error(body)) == (403, "DENIED")
+    # private.test has the mirror's credentials for the same registry.
+    status, _, body = fetch(
+        f"{mirror.url}/v2/private.test/private/secret/manifests/latest", headers=accept
+    )
+    assert (status, body) == (200, manifest.body)
+    requests = [json.loads(line) for line in upstream.token_log.read_text().splitlines()]
+    assert {"scope": ["repository:private/secret:pull"], "basic": True} in requests
+
+
+def test_ns_parameter_selects_only_known_registries(mirror: Mirror, upstream: Upstream) -> None:
+    manifest = upstream.images["schema2"].tags["latest"]
+    accept = {"Accept": manifest.media_type}
+    status, _, body = fetch(
+        f"{mirror.url}/v2/library/alpine/manifests/latest?ns=cdn.test", headers=accept
+    )
+    assert (status, body) == (200, manifest.body)
+    status, _, body = fetch(
+        f"{mirror.url}/v2/library/alpine/manifests/latest?ns=evil.example", headers=accept
+    )
+    assert (status, oci_error(body)) == (403, "DENIED")
+
+
+def test_unknown_manifest_and_blob(mirror: Mirror) -> None:
+    status, _, body = fetch(f"{mirror.url}/v2/library/alpine/manifests/nope")
+    assert (status, oci_error(body)) == (404, "MANIFEST_UNKNOWN")
+    status, _, body = fetch(f"{mirror.url}/v2/library/alpine/blobs/sha256:{'0' * 64}")
+    assert (status, oci_error(body)) == (404, "BLOB_UNKNOWN")
+
+
+def test_big_layer_streams_in_bounded_memory(
+    mirror: Mirror, containers_env: dict[str, str], tmp_path: Path
+) -> None:
+    started = time.monotonic()
+    copy(containers_env, f"docker://{mirror.address}/library/big:latest", tmp_path / "big")
+    elapsed = time.monotonic() - started
+    assert max(p.stat().st_size for p in (tmp_path / "big").iterdir()) > BIG_LAYER
+    peak = mirror.peer.rss_peak_kib()
+    print(
+        f"256 MiB image via the mirror in {elapsed:.2f}s; mirror peak RSS {peak / 1024:.1f} MiB"
+    )
+    assert peak < 100 * 1024
