@@ -84,8 +84,7 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
             str(cert),
             str(token_log),
         ],
-        "127.0.0.1",
-        token_port,
+        ("127.0.0.1", token_port),
         root / "tokenserver.log",
     )
     storage = root / "storage"
@@ -116,8 +115,7 @@ auth:
     registry = Peer(
         "registry",
         [registry_bin, "serve", str(config)],
-        "127.0.0.1",
-        registry_port,
+        ("127.0.0.1", registry_port),
         root / "registry.log",
     )
     url = f"http://127.0.0.1:{registry_port}"
@@ -154,8 +152,7 @@ def front(upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Itera
             registry_port,
             str(upstream.storage),
         ],
-        "127.0.0.1",
-        port,
+        ("127.0.0.1", port),
         root / "front.log",
     )
     yield Front(f"http://127.0.0.1:{port}", port)
@@ -213,8 +210,7 @@ idle_timeout = 30
     peer = Peer(
         "mirror",
         [twistd, "-n", "--pidfile=", "dockermirror", "--config", str(config)],
-        "127.0.0.1",
-        port,
+        ("127.0.0.1", port),
         root / "mirror.log",
         env={"PYTHONPATH": str(HERE.parent)},
     )

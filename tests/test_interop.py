@@ -8,15 +8,19 @@ from __future__ import annotations
 import filecmp
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import BIG_LAYER, Mirror, Upstream, _require
+from tests.support.processes import Peer
 
 POLICY = '{"default": [{"type": "insecureAcceptAnything"}]}'
 
@@ -280,3 +284,98 @@ def test_big_layer_streams_in_bounded_memory(
         f"256 MiB image via the mirror in {elapsed:.2f}s; mirror peak RSS {peak / 1024:.1f} MiB"
     )
     assert peak < 100 * 1024
+
+
+def test_podman_pulls_through_registry_mirror(
+    mirror: Mirror, upstream: Upstream, containers_env: dict[str, str], tmp_path: Path
+) -> None:
+    conf = tmp_path / "registries.conf"
+    conf.write_text(
+        f"""[[registry]]
+prefix = "docker.io"
+location = "docker.io"
+
+[[registry.mirror]]
+location = "{mirror.address}"
+insecure = true
+"""
+    )
+    # podman refuses a runroot longer than 50 characters; pytest's tmp_path is longer.
+    run = Path(tempfile.mkdtemp(prefix="podrun"))
+    storage = ["--root", str(tmp_path / "root"), "--runroot", str(run)]
+    command = [
+        _require("podman"), *storage, "--storage-driver", "vfs", "--cgroup-manager", "cgroupfs",
+        "--events-backend", "none", "pull", "--signature-policy", containers_env["POLICY"],
+        "docker.io/library/alpine:latest",
+    ]
+    env = {**os.environ, "CONTAINERS_REGISTRIES_CONF": str(conf), "TMPDIR": str(tmp_path)}
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    finally:
+        shutil.rmtree(run, ignore_errors=True)
+    assert result.returncode == 0, result.stderr
+    manifest = upstream.images["schema2"].tags["latest"]
+    config_digest = json.loads(manifest.body)["config"]["digest"].removeprefix("sha256:")
+    assert result.stdout.strip() == config_digest
+    assert f"GET /v2/library/alpine/manifests/latest" in mirror.peer.output()
+
+
+@pytest.fixture(scope="module")
+def containerd() -> Iterator[str]:
+    """A private containerd (CRI off); yields its socket path."""
+    binary = _require("containerd")
+    # Unix socket paths are limited to 108 bytes: keep the state directory short.
+    root = Path(tempfile.mkdtemp(prefix="ctd"))
+    socket_path = str(root / "c.sock")
+    config = root / "config.toml"
+    config.write_text(
+        f"""version = 2
+root = "{root}/root"
+state = "{root}/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+
+[grpc]
+  address = "{socket_path}"
+
+[ttrpc]
+  address = "{socket_path}.ttrpc"
+
+[debug]
+  address = "{root}/d.sock"
+"""
+    )
+    peer = Peer("containerd", [binary, "--config", str(config)], socket_path, root / "containerd.log")
+    yield socket_path
+    peer.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def test_containerd_pulls_through_hosts_toml(
+    mirror: Mirror, upstream: Upstream, containerd: str, tmp_path: Path
+) -> None:
+    """containerd adds ?ns=docker.io, resolves tags with HEAD and never asks /v2/."""
+    hosts = tmp_path / "certs.d" / "docker.io"
+    hosts.mkdir(parents=True)
+    # The server is a dead loopback port, so a fallback can never leave the machine.
+    (hosts / "hosts.toml").write_text(
+        f"""server = "http://127.0.0.1:9"
+
+[host."http://{mirror.address}"]
+  capabilities = ["pull", "resolve"]
+"""
+    )
+    before = len(mirror.peer.output())
+    command = [
+        _require("ctr"), "--address", containerd, "images", "pull", "--snapshotter", "native",
+        "--hosts-dir", str(tmp_path / "certs.d"), "docker.io/library/alpine:latest",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    manifest = upstream.images["schema2"].tags["latest"]
+    listing = subprocess.run(
+        [_require("ctr"), "--address", containerd, "images", "ls"],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout
+    assert manifest.digest in listing
+    log = mirror.peer.output()[before:]
+    assert "HEAD /v2/library/alpine/manifests/latest -> 200" in log

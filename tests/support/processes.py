@@ -16,22 +16,29 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def _connect(address: tuple[str, int] | str) -> None:
+    if isinstance(address, str):
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(1)
+            s.connect(address)
+    else:
+        socket.create_connection(address, timeout=1).close()
+
+
 class Peer:
-    """A background process that is ready once it accepts connections on (host, port)."""
+    """A background process, ready once it accepts connections on (host, port) or a unix socket."""
 
     def __init__(
         self,
         name: str,
         args: Sequence[str],
-        host: str,
-        port: int,
+        address: tuple[str, int] | str,
         log: Path,
         env: dict[str, str] | None = None,
         timeout: float = 30.0,
     ) -> None:
         self.name = name
         self.log = log
-        self.port = port
         self._out = open(log, "ab")
         self.process = subprocess.Popen(
             list(args),
@@ -47,7 +54,7 @@ class Peer:
                     f"{name} exited with {self.process.returncode}: {self.output()}"
                 )
             try:
-                socket.create_connection((host, port), timeout=1).close()
+                _connect(address)
                 return
             except OSError:
                 if time.monotonic() > deadline:
