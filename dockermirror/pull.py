@@ -34,7 +34,13 @@ from dockermirror.routing import Target
 from dockermirror.streaming import BodyPipe, BodyTooLarge, StreamResource, discard, read_bounded
 from dockermirror.upstream import UpstreamClient
 
-_MANIFEST_HEADERS = (b"content-type", b"docker-content-digest", b"etag", b"last-modified")
+_MANIFEST_HEADERS = (
+    b"content-type",
+    b"content-length",
+    b"docker-content-digest",
+    b"etag",
+    b"last-modified",
+)
 _BLOB_HEADERS = (
     b"content-type",
     b"content-length",
@@ -74,7 +80,7 @@ class Puller:
         if response.code != 200:
             raise await upstream_failure(response, method, target, MANIFEST_UNKNOWN)
         if method == b"HEAD":
-            _set_headers(request, _copy_headers(response, (*_MANIFEST_HEADERS, b"content-length")))
+            _set_headers(request, _copy_headers(response, _MANIFEST_HEADERS, method))
             discard(response)
             return b""
         try:
@@ -87,24 +93,25 @@ class Puller:
                 message="the upstream manifest is larger than the mirror accepts",
             ) from None
         digest = _check_manifest_digest(response, body, reference)
-        _set_headers(request, _copy_headers(response, _MANIFEST_HEADERS))
+        _set_headers(request, _copy_headers(response, _MANIFEST_HEADERS, method))
         request.responseHeaders.setRawHeaders(b"docker-content-digest", [digest.encode()])
         request.responseHeaders.setRawHeaders(b"content-length", [str(len(body)).encode()])
         return body
 
     async def blob(self, request: Request, target: Target, digest: str) -> StreamResource:
-        headers = {}
         ranges = request.requestHeaders.getRawHeaders(b"range")
-        if ranges:
-            headers[b"range"] = ranges
         response = await self._clients[target.registry.name].request(
-            request.method, target.name, ("blobs", digest), headers=headers
+            request.method,
+            target.name,
+            ("blobs", digest),
+            headers={b"range": ranges} if ranges else None,
         )
         if response.code not in (200, 206, 416):
             raise await upstream_failure(response, request.method, target, BLOB_UNKNOWN)
         # Only a whole body can be checked against its digest.
         expected = digest if response.code == 200 else None
-        return self._stream(response, _copy_headers(response, _BLOB_HEADERS), expected)
+        headers = _copy_headers(response, _BLOB_HEADERS, request.method)
+        return self._stream(response, headers, expected)
 
     async def tags(self, request: Request, target: Target) -> StreamResource:
         query = [(k, v) for k in ("n", "last") for v in _args(request, k)]
@@ -113,7 +120,7 @@ class Puller:
         )
         if response.code != 200:
             raise await upstream_failure(response, request.method, target, NAME_UNKNOWN)
-        headers = _copy_headers(response, _LIST_HEADERS)
+        headers = _copy_headers(response, _LIST_HEADERS, request.method)
         links = response.headers.getRawHeaders(b"link", [])
         if links:
             headers.append((b"link", [_mirror_link(link, target, request) for link in links]))
@@ -126,7 +133,8 @@ class Puller:
         )
         if response.code != 200:
             raise await upstream_failure(response, request.method, target, MANIFEST_UNKNOWN)
-        return self._stream(response, _copy_headers(response, _LIST_HEADERS), None)
+        headers = _copy_headers(response, _LIST_HEADERS, request.method)
+        return self._stream(response, headers, None)
 
     def _stream(
         self,
@@ -208,14 +216,13 @@ def _check_manifest_digest(response: IResponse, body: bytes, reference: str) -> 
 
 
 def _copy_headers(
-    response: IResponse, names: tuple[bytes, ...]
+    response: IResponse, names: tuple[bytes, ...], method: bytes
 ) -> list[tuple[bytes, list[bytes]]]:
-    headers = []
-    for name in names:
-        values = response.headers.getRawHeaders(name)
-        # A body decoded from gzip no longer has the upstream's length.
-        if values and not (name == b"content-length" and response.length is UNKNOWN_LENGTH):
-            headers.append((name, values))
+    headers = [(n, v) for n in names if (v := response.headers.getRawHeaders(n))]
+    # Twisted keeps a HEAD's Content-Length among the headers but moves a GET's
+    # into response.length, which is UNKNOWN_LENGTH once a gzip'd body is decoded.
+    if method != b"HEAD" and response.length is not UNKNOWN_LENGTH:
+        headers.append((b"content-length", [str(response.length).encode()]))
     return headers
 
 

@@ -79,7 +79,9 @@ class BodyPipe(_UpstreamBody):
 
     Finishes the request only when the upstream body ended cleanly and, when a
     digest is given, the bytes hash to it.  Otherwise the client connection is
-    aborted, so a truncated or corrupt layer can never look complete.
+    aborted, so a truncated or corrupt layer can never look complete.  When
+    verifying, the latest chunk is held back until the digest is known: with a
+    Content-Length, the client would otherwise have every byte before the check.
     """
 
     def __init__(
@@ -97,6 +99,7 @@ class BodyPipe(_UpstreamBody):
         self._hasher = new_hasher(expected_digest) if expected_digest else None
         self._on_end = on_end
         self._client_gone = False
+        self._held = b""
         self._timer: IDelayedCall | None = None
         request.notifyFinish().addErrback(self._clientGone)
 
@@ -112,9 +115,13 @@ class BodyPipe(_UpstreamBody):
             return
         if self._timer is not None:
             self._timer.reset(self._idle_timeout)
-        if self._hasher is not None:
-            self._hasher.update(data)
-        self._request.write(data)
+        if self._hasher is None:
+            self._request.write(data)
+            return
+        self._hasher.update(data)
+        if self._held:
+            self._request.write(self._held)
+        self._held = data
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._timer is not None and self._timer.active():
@@ -125,6 +132,7 @@ class BodyPipe(_UpstreamBody):
         problem = self._problem(reason)
         self._request.unregisterProducer()
         if problem is None:
+            self._request.write(self._held)
             self._request.finish()
         else:
             log.warn(

@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 from base64 import b64encode
 from collections.abc import Iterable, Mapping, Sequence
+from urllib.parse import quote
 
 from hyperlink import EncodedURL
 from treq.client import HTTPClient
 from twisted.internet import error as netError
 from twisted.internet.defer import CancelledError
-from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.client import (
@@ -43,6 +43,14 @@ _MAX_TOKEN_BYTES = 1024 * 1024
 # Renew a token this many seconds before the upstream says it expires.
 _TOKEN_MARGIN = 10.0
 _MAX_CACHED_TOKENS = 1024
+_TRANSPORT_ERRORS = (
+    netError.ConnectError,
+    netError.DNSLookupError,
+    netError.ConnectionLost,
+    ResponseFailed,
+    ResponseNeverReceived,
+    RequestTransmissionFailed,
+)
 
 
 class UpstreamClient:
@@ -72,12 +80,14 @@ class UpstreamClient:
         headers: Mapping[bytes, Sequence[bytes]] | None = None,
     ) -> IResponse:
         """``METHOD <registry>/v2/<name>/<path...>?<query>``, authenticated to pull ``name``."""
-        url = self.registry.url.child("v2", *name.split("/"), *path)
+        # Names, tags and digests are validated against the reference grammar and need no
+        # escaping; a DecodedURL would escape the ":" of a digest, which registries need not undo.
+        url = self.registry.url.encoded_url.child("v2", *name.split("/"), *path)
         for key, value in query:
-            url = url.add(key, value)
+            url = url.add(key, quote(value, safe=""))
         scope = f"repository:{name}:pull"
         authorization = await self._authorization(scope, fresh=False)
-        response = await self._send(method, url.encoded_url, headers or {}, authorization)
+        response = await self._send(method, url, headers or {}, authorization)
         if response.code != 401:
             return response
         challenge = _usable_challenge(response)
@@ -89,7 +99,7 @@ class UpstreamClient:
         authorization = await self._authorization(scope, fresh=True)
         if authorization is None:
             return response
-        return await self._send(method, url.encoded_url, headers or {}, authorization)
+        return await self._send(method, url, headers or {}, authorization)
 
     async def _authorization(self, scope: str, *, fresh: bool) -> bytes | None:
         challenge = self._challenge
@@ -117,8 +127,8 @@ class UpstreamClient:
         if url is None or url.scheme not in ("http", "https") or not url.host:
             raise _upstream_error(self.registry, f"unusable token realm {realm!r}")
         if challenge.params.get("service"):
-            url = url.add("service", challenge.params["service"])
-        url = url.add("scope", scope)
+            url = url.add("service", quote(challenge.params["service"], safe=""))
+        url = url.add("scope", quote(scope, safe=""))
         headers: dict[bytes, Sequence[bytes]] = {}
         basic = _basic(self.registry.credentials)
         if basic is not None:
@@ -184,28 +194,39 @@ class UpstreamClient:
             allow_redirects=False,
             unbuffered=True,
         )
-        d.addTimeout(self._settings.response_timeout, self._clock)
+        timed_out = False
+
+        def give_up() -> None:
+            nonlocal timed_out
+            timed_out = True
+            d.cancel()
+
+        timer = self._clock.callLater(self._settings.response_timeout, give_up)
         try:
             response: IResponse = await d
             return response
-        except CancelledError:
-            raise  # the client went away
-        except (DeferredTimeout, netError.TimeoutError):
-            raise RegistryError(
-                UNAVAILABLE,
-                {"registry": self.registry.name, "host": url.host},
-                status=504,
-                message="the upstream registry did not answer in time",
-            ) from None
-        except (
-            netError.ConnectError,
-            netError.DNSLookupError,
-            netError.ConnectionLost,
-            ResponseFailed,
-            ResponseNeverReceived,
-            RequestTransmissionFailed,
-        ) as e:
-            raise _upstream_error(self.registry, f"{url.host}: {type(e).__name__}") from None
+        except Exception as e:
+            if timed_out:
+                raise RegistryError(
+                    UNAVAILABLE,
+                    {"registry": self.registry.name, "host": url.host},
+                    status=504,
+                    message="the upstream registry did not answer in time",
+                ) from None
+            if _cancelled(e):
+                raise CancelledError() from None  # the client went away; nobody to answer
+            if isinstance(e, _TRANSPORT_ERRORS):
+                raise _upstream_error(self.registry, f"{url.host}: {type(e).__name__}") from None
+            raise
+        finally:
+            if timer.active():
+                timer.cancel()
+
+
+def _cancelled(error: Exception) -> bool:
+    """Cancelling an Agent request fails it with a wrapper around CancelledError."""
+    reasons = getattr(error, "reasons", [])
+    return isinstance(error, CancelledError) or any(r.check(CancelledError) for r in reasons)
 
 
 def _usable_challenge(response: IResponse) -> Challenge | None:

@@ -280,9 +280,7 @@ def test_big_layer_streams_in_bounded_memory(
     elapsed = time.monotonic() - started
     assert max(p.stat().st_size for p in (tmp_path / "big").iterdir()) > BIG_LAYER
     peak = mirror.peer.rss_peak_kib()
-    print(
-        f"256 MiB image via the mirror in {elapsed:.2f}s; mirror peak RSS {peak / 1024:.1f} MiB"
-    )
+    print(f"256 MiB image via the mirror in {elapsed:.2f}s; mirror peak RSS {peak / 1024:.1f} MiB")
     assert peak < 100 * 1024
 
 
@@ -304,8 +302,17 @@ insecure = true
     run = Path(tempfile.mkdtemp(prefix="podrun"))
     storage = ["--root", str(tmp_path / "root"), "--runroot", str(run)]
     command = [
-        _require("podman"), *storage, "--storage-driver", "vfs", "--cgroup-manager", "cgroupfs",
-        "--events-backend", "none", "pull", "--signature-policy", containers_env["POLICY"],
+        _require("podman"),
+        *storage,
+        "--storage-driver",
+        "vfs",
+        "--cgroup-manager",
+        "cgroupfs",
+        "--events-backend",
+        "none",
+        "pull",
+        "--signature-policy",
+        containers_env["POLICY"],
         "docker.io/library/alpine:latest",
     ]
     env = {**os.environ, "CONTAINERS_REGISTRIES_CONF": str(conf), "TMPDIR": str(tmp_path)}
@@ -317,7 +324,7 @@ insecure = true
     manifest = upstream.images["schema2"].tags["latest"]
     config_digest = json.loads(manifest.body)["config"]["digest"].removeprefix("sha256:")
     assert result.stdout.strip() == config_digest
-    assert f"GET /v2/library/alpine/manifests/latest" in mirror.peer.output()
+    assert "GET /v2/library/alpine/manifests/latest" in mirror.peer.output()
 
 
 @pytest.fixture(scope="module")
@@ -344,7 +351,9 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
   address = "{root}/d.sock"
 """
     )
-    peer = Peer("containerd", [binary, "--config", str(config)], socket_path, root / "containerd.log")
+    peer = Peer(
+        "containerd", [binary, "--config", str(config)], socket_path, root / "containerd.log"
+    )
     yield socket_path
     peer.stop()
     shutil.rmtree(root, ignore_errors=True)
@@ -366,15 +375,26 @@ def test_containerd_pulls_through_hosts_toml(
     )
     before = len(mirror.peer.output())
     command = [
-        _require("ctr"), "--address", containerd, "images", "pull", "--snapshotter", "native",
-        "--hosts-dir", str(tmp_path / "certs.d"), "docker.io/library/alpine:latest",
+        _require("ctr"),
+        "--address",
+        containerd,
+        "images",
+        "pull",
+        "--snapshotter",
+        "native",
+        "--hosts-dir",
+        str(tmp_path / "certs.d"),
+        "docker.io/library/alpine:latest",
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     manifest = upstream.images["schema2"].tags["latest"]
     listing = subprocess.run(
         [_require("ctr"), "--address", containerd, "images", "ls"],
-        capture_output=True, text=True, timeout=60, check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     ).stdout
     assert manifest.digest in listing
     log = mirror.peer.output()[before:]

@@ -60,7 +60,7 @@ class Peer:
                 if time.monotonic() > deadline:
                     self.stop()
                     raise RuntimeError(
-                        f"{name} did not listen on {host}:{port}: {self.output()}"
+                        f"{name} did not listen on {address}: {self.output()}"
                     ) from None
                 time.sleep(0.05)
 

@@ -1,0 +1,145 @@
+"""In-memory peers: a scriptable fake registry, and a harness that runs the mirror without sockets.
+
+The harness nests treq's in-memory agents twice: a StubTreq client talks to
+the mirror's resource, and the mirror's upstream client talks to a
+:class:`FakeRegistry` resource through a ``RequestTraversalAgent``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from treq.testing import RequestTraversalAgent, StubTreq
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from dockermirror.config import MirrorConfig, build_config
+from dockermirror.service import build_site
+from dockermirror.upstream import UpstreamClient
+
+Handler = Callable[[Request], bytes | int]
+
+
+def json_error(request: Request, status: int, code: str, message: str = "") -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json")
+    return json.dumps({"errors": [{"code": code, "message": message or code}]}).encode()
+
+
+class FakeRegistry(Resource):
+    """Answers by exact path; records every request; optional bearer-token auth."""
+
+    isLeaf = True
+
+    def __init__(self, *, token_auth: bool = False, token_lifetime: int = 300) -> None:
+        super().__init__()
+        self.handlers: dict[str, Handler] = {}
+        self.requests: list[tuple[str, str, dict[str, list[str]]]] = []
+        self.token_auth = token_auth
+        self.token_lifetime = token_lifetime
+        self.issued = 0
+        self.valid_tokens: set[str] = set()
+
+    def render(self, request: Request) -> bytes | int:
+        headers = {
+            k.decode().lower(): [v.decode() for v in vs]
+            for k, vs in request.requestHeaders.getAllRawHeaders()
+        }
+        self.requests.append((request.method.decode(), request.uri.decode(), headers))
+        path = request.path.decode()
+        if path == "/token":
+            self.issued += 1
+            token = f"token-{self.issued}"
+            self.valid_tokens.add(token)
+            return json.dumps({"token": token, "expires_in": self.token_lifetime}).encode()
+        if self.token_auth and path.startswith("/v2/"):
+            sent = headers.get("authorization", [""])[0].removeprefix("Bearer ")
+            if sent not in self.valid_tokens:
+                request.setHeader(
+                    b"www-authenticate",
+                    b'Bearer realm="http://upstream.test/token",service="fake",scope="x"',
+                )
+                return json_error(request, 401, "UNAUTHORIZED")
+        handler = self.handlers.get(path)
+        if handler is None:
+            return json_error(request, 404, "NAME_UNKNOWN")
+        return handler(request)
+
+    def paths(self, method: str | None = None) -> list[str]:
+        return [uri for m, uri, _ in self.requests if method is None or m == method]
+
+
+def blob_handler(data: bytes, *, content_type: bytes = b"application/octet-stream") -> Handler:
+    def handle(request: Request) -> bytes:
+        request.setHeader(b"content-type", content_type)
+        return data
+
+    return handle
+
+
+def dying_handler(first_part: bytes) -> Handler:
+    """Sends the first part of a larger body, then drops the connection."""
+
+    def handle(request: Request) -> int:
+        request.setHeader(b"content-length", str(len(first_part) * 4).encode())
+        request.write(first_part)
+        assert request.channel is not None
+        request.channel.transport.abortConnection()  # type: ignore[union-attr]
+        return NOT_DONE_YET
+
+    return handle
+
+
+class Harness:
+    """The mirror, in memory, with docker.io pointed at a fake registry."""
+
+    def __init__(self, registry: FakeRegistry, toml: dict[str, Any] | None = None) -> None:
+        self.clock = Clock()
+        self.registry = registry
+        self.upstream_agent = RequestTraversalAgent(registry)
+        base: dict[str, Any] = {"registries": {"docker.io": {"url": "http://upstream.test"}}}
+        self.config: MirrorConfig = build_config({**base, **(toml or {})})
+        self.clients = {
+            name: UpstreamClient(
+                registry_config, self.upstream_agent, self.clock, self.config.upstream
+            )
+            for name, registry_config in self.config.registries.items()
+        }
+        site = build_site(self.config, self.clock, self.clients)
+        self.client = StubTreq(site.resource)
+
+    def settle(self) -> None:
+        for _ in range(20):
+            self.upstream_agent.flush()
+            self.client.flush()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        url = path if path.startswith("http") else "http://mirror.test" + path
+        d = self.client.request(method, url, **kwargs)
+        self.settle()
+        return result_of(d)
+
+    def body(self, response: Any) -> bytes:
+        d = response.content()
+        self.settle()
+        value = result_of(d)
+        assert isinstance(value, bytes)
+        return value
+
+    def error(self, response: Any) -> tuple[int, str]:
+        document = json.loads(self.body(response))
+        return response.code, document["errors"][0]["code"]
+
+
+def result_of(d: Deferred[Any]) -> Any:
+    results: list[Any] = []
+    d.addBoth(results.append)
+    assert results, "the Deferred has not fired"
+    if isinstance(results[0], Failure):
+        results[0].raiseException()
+    return results[0]
