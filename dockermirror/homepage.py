@@ -13,7 +13,7 @@ from html import escape
 from string import Template
 
 from dockermirror import __version__
-from dockermirror.config import DEFAULT_ROUTE, MirrorConfig, Registry
+from dockermirror.config import DEFAULT_ROUTE, DOCKER_HUB, WELL_KNOWN, MirrorConfig, Registry
 
 TEXTS: dict[str, dict[str, str]] = {
     "en": {
@@ -100,20 +100,22 @@ def render_homepage(
     config: MirrorConfig, registry: Registry | None, host: str, scheme: str, language: str
 ) -> bytes:
     texts = TEXTS[language]
-    registry_name = registry.name if registry is not None else "docker.io"
-    docker_hub = registry is None or registry.docker_hub
+    registry = registry or config.registries[DOCKER_HUB]
+    registry_name = registry.name
+    docker_hub = registry.docker_hub
     example = "library/redis" if docker_hub else "NAMESPACE/IMAGE"
     # TEXTS are our own HTML; only the values put into them need escaping.
     values = {key: text.format(registry=escape(registry_name)) for key, text in texts.items()}
-    prefixed = sorted(n for n in config.registries if "." in n and n != registry_name)
+    prefixed = sorted(
+        n for n in config.registries if "." in n and "://" not in n and n != registry_name
+    )
     values.update(
         lang="zh-CN" if language == "zh" else "en",
         host=escape(host),
         scheme=escape(scheme),
         registry=escape(registry_name),
-        upstream=escape(
-            str(registry.url.to_text()) if registry else "https://registry-1.docker.io"
-        ),
+        # containerd's fallback runs on the client: the registry's public address.
+        upstream=escape(WELL_KNOWN.get(registry_name) or str(registry.url.to_text())),
         example=escape(example),
         short="redis" if docker_hub else escape(example),
         version=escape(__version__),

@@ -13,10 +13,11 @@ import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import attrs
 import pytest
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import ILogObserver, LogLevel, globalLogPublisher
 
 from tests.support.images import Image, Pusher, build_images
 from tests.support.processes import Peer, free_port
@@ -37,9 +38,10 @@ def observe_errors() -> Iterator[list[object]]:
         if level in (LogLevel.error, LogLevel.critical):
             errors.append(event)
 
-    globalLogPublisher.addObserver(observer)
+    # A plain callable is what Twisted's publisher calls; the cast is for the interface check.
+    globalLogPublisher.addObserver(cast(ILogObserver, observer))
     yield errors
-    globalLogPublisher.removeObserver(observer)
+    globalLogPublisher.removeObserver(cast(ILogObserver, observer))
     assert errors == [], errors
 
 

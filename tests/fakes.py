@@ -111,7 +111,8 @@ class Harness:
             for name, registry_config in self.config.registries.items()
         }
         site = build_site(self.config, self.clock, self.clients)
-        self.client = StubTreq(site.resource)
+        # StubTreq builds its methods at run time; mypy cannot see them.
+        self.client: Any = StubTreq(site.resource)
 
     def settle(self) -> None:
         for _ in range(20):

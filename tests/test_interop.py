@@ -316,6 +316,7 @@ insecure = true
         "docker.io/library/alpine:latest",
     ]
     env = {**os.environ, "CONTAINERS_REGISTRIES_CONF": str(conf), "TMPDIR": str(tmp_path)}
+    before = len(mirror.peer.output())
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     finally:
@@ -324,7 +325,7 @@ insecure = true
     manifest = upstream.images["schema2"].tags["latest"]
     config_digest = json.loads(manifest.body)["config"]["digest"].removeprefix("sha256:")
     assert result.stdout.strip() == config_digest
-    assert "GET /v2/library/alpine/manifests/latest" in mirror.peer.output()
+    assert "GET /v2/library/alpine/manifests/latest -> 200" in mirror.peer.output()[before:]
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from twisted.web.client import ResponseFailed, ResponseNeverReceived
 from twisted.web.server import Request
 
 from dockermirror.reference import digest_of
-from tests.fakes import FakeRegistry, Harness, blob_handler, dying_handler, json_error
+from tests.fakes import FakeRegistry, Handler, Harness, blob_handler, dying_handler, json_error
 
 MANIFEST = json.dumps(
     {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json"}
@@ -21,7 +21,7 @@ BLOB = bytes(range(256)) * 4096
 BLOB_DIGEST = digest_of(BLOB)
 
 
-def manifest_handler(body: bytes = MANIFEST, digest: str | None = None):  # type: ignore[no-untyped-def]
+def manifest_handler(body: bytes = MANIFEST, digest: str | None = None) -> Handler:
     def handle(request: Request) -> bytes:
         request.setHeader(b"content-type", OCI)
         request.setHeader(b"docker-content-digest", (digest or digest_of(body)).encode())

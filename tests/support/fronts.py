@@ -41,7 +41,9 @@ def main() -> None:
                 self.end_headers()
                 return
             upstream = http.client.HTTPConnection("127.0.0.1", registry_port, timeout=30)
-            headers = {h: ", ".join(self.headers.get_all(h)) for h in FORWARDED if self.headers[h]}
+            headers = {
+                h: ", ".join(self.headers.get_all(h) or []) for h in FORWARDED if self.headers[h]
+            }
             path, _, query = self.path.partition("?")
             paginate = TAGS.match(path) and parse_qs(query)
             upstream.request(self.command, path if paginate else self.path, headers=headers)

@@ -51,7 +51,7 @@ class Peer:
         while True:
             if self.process.poll() is not None:
                 raise RuntimeError(
-                    f"{name} exited with {self.process.returncode}: {self.output()}"
+                    f"{name} exited with {self.process.returncode}: {self.output()[-4000:]}"
                 )
             try:
                 _connect(address)
@@ -60,13 +60,14 @@ class Peer:
                 if time.monotonic() > deadline:
                     self.stop()
                     raise RuntimeError(
-                        f"{name} did not listen on {address}: {self.output()}"
+                        f"{name} did not listen on {address}: {self.output()[-4000:]}"
                     ) from None
                 time.sleep(0.05)
 
     def output(self) -> str:
+        """The whole log so far."""
         self._out.flush()
-        return self.log.read_text(errors="replace")[-4000:]
+        return self.log.read_text(errors="replace")
 
     def rss_peak_kib(self) -> int:
         """The process's peak resident set size (VmHWM), in KiB."""

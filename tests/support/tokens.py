@@ -10,6 +10,7 @@ import base64
 import datetime
 import secrets
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import jwt
@@ -51,7 +52,7 @@ def make_pki(directory: Path) -> tuple[Path, Path]:
 
 
 def sign_token(
-    key_path: Path, cert_path: Path, access: list[dict[str, object]], ttl: int = 300
+    key_path: Path, cert_path: Path, access: Sequence[Mapping[str, object]], ttl: int = 300
 ) -> str:
     cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
     x5c = base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()

@@ -1,0 +1,12 @@
+"""Log observers an operator can pick with ``twistd --logger``."""
+
+from __future__ import annotations
+
+import sys
+
+from twisted.logger import ILogObserver, jsonFileLogObserver
+
+
+def json_observer() -> ILogObserver:
+    """``twistd --logger=dockermirror.logs.json_observer``: one JSON event per line on stdout."""
+    return jsonFileLogObserver(sys.stdout)

@@ -1,0 +1,133 @@
+"""Configuration: TOML and command-line values, validated with errors that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dockermirror.config import ConfigError, build_config, load_toml, parse_assignment, strip_port
+
+
+def test_defaults_mirror_docker_hub_on_port_5000() -> None:
+    config = build_config({})
+    assert config.ports == ("tcp:5000",)
+    assert config.routes == {"*": "docker.io"}
+    hub = config.registries["docker.io"]
+    assert hub.url.to_text() == "https://registry-1.docker.io"
+    assert hub.docker_hub
+    assert not config.registries["ghcr.io"].docker_hub
+    assert config.registries["k8s.gcr.io"].url.to_text() == "https://registry.k8s.io"
+
+
+def test_readme_example_config_loads(tmp_path: Path) -> None:
+    readme = (Path(__file__).parent.parent / "README.rst").read_text()
+    start = readme.index(".. code-block:: toml")
+    block = readme[start:].split("\n\n", 1)[1]
+    lines = []
+    for line in block.splitlines():
+        if line and not line.startswith("   "):
+            break
+        lines.append(line[3:])
+    path = tmp_path / "example.toml"
+    path.write_text("\n".join(lines))
+    secret = tmp_path / "ghcr-token"
+    secret.write_text("token\n")
+    text = path.read_text().replace("/etc/dockermirror/ghcr-token", str(secret))
+    path.write_text(text)
+    config = build_config(load_toml(str(path)))
+    assert config.routes["docker.example.com"] == "docker.io"
+    assert config.routes["ghcr.example.com"] == "ghcr.io"
+    assert config.routes["quay.example.com"] == "quay.io"
+    assert config.registries["ghcr.io"].credentials == ("someone", "token")
+
+
+def test_command_line_overrides_toml() -> None:
+    config = build_config(
+        {"server": {"ports": ["tcp:1"]}, "routes": {"*": "quay.io"}},
+        ports=["tcp:2"],
+        routes=[("*", "ghcr.io"), ("Docker.Example.com:443", "docker.io")],
+        registries=[("docker.io", "http://127.0.0.1:5001")],
+    )
+    assert config.ports == ("tcp:2",)
+    assert config.routes == {"*": "ghcr.io", "docker.example.com": "docker.io"}
+    # An overridden docker.io keeps Docker Hub's rules.
+    assert config.registries["docker.io"].docker_hub
+    assert config.registries["docker.io"].url.to_text() == "http://127.0.0.1:5001"
+
+
+def test_route_to_a_url_defines_an_anonymous_registry() -> None:
+    config = build_config({}, routes=[("*", "https://registry.example.com/")])
+    registry = config.registries["https://registry.example.com/"]
+    assert registry.url.to_text() == "https://registry.example.com"
+    assert registry.credentials is None
+
+
+def test_password_file(tmp_path: Path) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("hunter2\n")
+    table = {"url": "https://example.com", "username": "u", "password_file": str(secret)}
+    config = build_config({"registries": {"example.com": table}})
+    assert config.registries["example.com"].credentials == ("u", "hunter2")
+    assert "hunter2" not in repr(config.registries["example.com"])
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"rutes": {}}, "rutes: unknown key"),
+        ({"routes": {"*": "nowhere"}}, "routes.*: 'nowhere' is neither a registry name"),
+        ({"routes": {"a/b": "docker.io"}}, "routes.a/b: 'a/b' is not a host name"),
+        ({"routes": {"*": 5}}, "routes.*: must be a non-empty string"),
+        ({"registries": {"x.io": {}}}, "registries.x.io.url: required"),
+        (
+            {"registries": {"x.io": {"url": "ftp://x"}}},
+            "registries.x.io.url: 'ftp://x' must be an http",
+        ),
+        (
+            {"registries": {"x.io": {"url": "https://x", "username": "u"}}},
+            "username and password go together",
+        ),
+        (
+            {"registries": {"x.io": {"url": "https://x", "pasword": "p"}}},
+            "registries.x.io.pasword: unknown key",
+        ),
+        (
+            {
+                "registries": {
+                    "x.io": {"url": "https://x", "username": "u", "password_file": "/nonexistent"}
+                }
+            },
+            "registries.x.io.password_file: cannot read /nonexistent",
+        ),
+        ({"upstream": {"idle_timeout": -1}}, "upstream.idle_timeout: must be a positive number"),
+        (
+            {"upstream": {"max_connections_per_host": 1.5}},
+            "upstream.max_connections_per_host: must be a whole",
+        ),
+        ({"server": {"ports": "tcp:1"}}, "server.ports: must be a list"),
+    ],
+)
+def test_errors_name_the_key(data: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        build_config(data)
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_unreadable_and_invalid_toml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_toml(str(tmp_path / "missing.toml"))
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[routes\n")
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        load_toml(str(bad))
+
+
+def test_assignments_and_ports() -> None:
+    assert parse_assignment(" a = b ", "route") == ("a", "b")
+    with pytest.raises(ConfigError, match="--route 'ab': expected KEY=VALUE"):
+        parse_assignment("ab", "route")
+    assert strip_port("example.com:5000") == "example.com"
+    assert strip_port("[::1]:5000") == "::1"
+    assert strip_port("::1") == "::1"

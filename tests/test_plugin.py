@@ -1,0 +1,230 @@
+"""Packaging and the twistd command line: plugin discovery, option checks, start-up failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import pytest
+from twisted.application.service import IServiceMaker, MultiService
+from twisted.internet.testing import MemoryReactor
+from twisted.plugin import getPlugins
+from twisted.python.usage import UsageError
+from zope.interface.verify import verifyObject
+
+from dockermirror.service import UpstreamPools
+from dockermirror.tap import Options, makeService
+from tests.support.processes import free_port
+
+ROOT = Path(__file__).parent.parent
+
+
+def twistd(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from twisted.scripts.twistd import run; run()",
+            "-n",
+            "--pidfile=",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+def test_plugin_is_discoverable() -> None:
+    makers = {p.tapname: p for p in getPlugins(IServiceMaker)}
+    assert "dockermirror" in makers
+    assert verifyObject(IServiceMaker, makers["dockermirror"])
+
+
+def test_no_init_under_twisted() -> None:
+    assert not (ROOT / "twisted" / "__init__.py").exists()
+    assert not (ROOT / "twisted" / "plugins" / "__init__.py").exists()
+
+
+def test_wheel_contains_the_plugin(tmp_path: Path) -> None:
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "build",
+            "--wheel",
+            "--no-isolation",
+            "--outdir",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (wheel,) = tmp_path.glob("dockermirror-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "twisted/plugins/dockermirror_plugin.py" in names
+    assert "dockermirror/templates/index.html" in names
+    assert not any(n.startswith("twisted/") and n.endswith("__init__.py") for n in names)
+
+
+def test_options_defaults_and_repeats() -> None:
+    options = Options()
+    options.parseOptions([])
+    assert options["mirror"].ports == ("tcp:5000",)
+    assert options["mirror"].routes == {"*": "docker.io"}
+    options = Options()
+    options.parseOptions(
+        [
+            "--port",
+            "tcp:5001",
+            "-p",
+            "unix:/tmp/dm.sock",
+            "--route",
+            "a.example.com=ghcr.io",
+            "--route",
+            "*=quay.io",
+            "--registry",
+            "docker.io=http://127.0.0.1:1",
+        ]
+    )
+    config = options["mirror"]
+    assert config.ports == ("tcp:5001", "unix:/tmp/dm.sock")
+    assert config.routes == {"a.example.com": "ghcr.io", "*": "quay.io"}
+    assert config.registries["docker.io"].url.to_text() == "http://127.0.0.1:1"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--route", "nothing"], "--route 'nothing': expected KEY=VALUE"),
+        (["--route", "*=elsewhere"], "routes.*: 'elsewhere' is neither"),
+        (["--port", "bogus:1"], "port 'bogus:1'"),
+        (["--config", "/nonexistent.toml"], "/nonexistent.toml: cannot read"),
+    ],
+)
+def test_option_errors(argv: list[str], message: str) -> None:
+    with pytest.raises(UsageError) as error:
+        Options().parseOptions(argv)
+    assert message in str(error.value)
+
+
+def test_make_service_listens_on_every_port_and_closes_pools() -> None:
+    options = Options()
+    options.parseOptions(["--port", "tcp:0", "--port", "tcp:0:interface=127.0.0.1"])
+    reactor = MemoryReactor()
+    service = makeService(options, reactor=reactor)
+    assert isinstance(service, MultiService)
+    service.startService()
+    assert len(reactor.tcpServers) == 2
+    pools = [s for s in service if isinstance(s, UpstreamPools)]
+    assert len(pools) == 1
+    assert set(pools[0].pools) >= {"docker.io", "ghcr.io", "quay.io"}
+    service.stopService()
+
+
+def test_bad_config_exits_before_listening_with_one_clear_line(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('[routes]\n"*" = "nowhere.example"\n')
+    result = twistd("dockermirror", "--config", str(config))
+    assert result.returncode != 0
+    assert "Traceback" not in result.stdout + result.stderr
+    last = (result.stdout + result.stderr).strip().splitlines()[-1]
+    assert "routes.*: 'nowhere.example' is neither a registry name" in last
+
+
+def test_port_in_use_is_a_startup_failure() -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = twistd("dockermirror", "--port", f"tcp:{port}:interface=127.0.0.1")
+    assert result.returncode != 0
+    assert "Address already in use" in result.stdout + result.stderr
+
+
+def test_twistd_with_no_options_serves_docker_hub_on_port_5000(tmp_path: Path) -> None:
+    """The README's first command: `twistd -n dockermirror` alone must work."""
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from twisted.scripts.twistd import run; run()",
+            "-n",
+            "--pidfile=",
+            "dockermirror",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen("http://127.0.0.1:5000/v2/", timeout=2) as response:
+                    assert response.status == 200
+                    assert json.loads(response.read()) == {}
+                break
+            except OSError:
+                assert process.poll() is None, process.stdout.read() if process.stdout else ""
+                assert time.monotonic() < deadline, "twistd did not listen on port 5000"
+                time.sleep(0.1)
+        with urllib.request.urlopen("http://127.0.0.1:5000/", timeout=2) as response:
+            assert b"registry-1.docker.io" in response.read()
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def test_free_port_helper_is_loopback() -> None:
+    assert 0 < free_port() < 65536
+
+
+def test_json_logger_for_twistd() -> None:
+    """`twistd --logger=dockermirror.logs.json_observer` writes one JSON event per line."""
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from twisted.scripts.twistd import run; run()",
+            "-n",
+            "--pidfile=",
+            "--logger=dockermirror.logs.json_observer",
+            "dockermirror",
+            "--port",
+            f"tcp:{port}:interface=127.0.0.1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=2).close()
+                break
+            except OSError:
+                assert process.poll() is None and time.monotonic() < deadline
+                time.sleep(0.1)
+    finally:
+        process.terminate()
+        out, _ = process.communicate(timeout=10)
+    events = [json.loads(line.strip("\x1e")) for line in out.decode().splitlines() if line.strip()]
+    access = [e for e in events if e.get("log_namespace") == "dockermirror.access"]
+    assert access and access[0]["path"] == "/v2/" and access[0]["status"] == 200
