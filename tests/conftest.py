@@ -19,9 +19,8 @@ import attrs
 import pytest
 from twisted.logger import ILogObserver, LogLevel, globalLogPublisher
 
-from tests.support.images import Image, Pusher, build_images
+from tests.support.peers import Upstream, start_upstream
 from tests.support.processes import Peer, free_port
-from tests.support.tokens import ISSUER, SERVICE, make_pki, sign_token
 
 HERE = Path(__file__).parent
 BIG_LAYER = 256 * 1024 * 1024
@@ -53,82 +52,14 @@ def _require(tool: str) -> str:
     return path
 
 
-@attrs.frozen
-class Upstream:
-    url: str
-    storage: Path
-    images: dict[str, Image]
-    key: Path
-    cert: Path
-    token_log: Path
-
-    def token(self, name: str, actions: tuple[str, ...] = ("pull",)) -> str:
-        access = [{"type": "repository", "name": name, "actions": list(actions)}]
-        return sign_token(self.key, self.cert, access)
-
-
 @pytest.fixture(scope="session")
 def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
     """The real distribution registry, token auth on, seeded with the suite's images."""
     registry_bin = _require("docker-registry")
     root = tmp_path_factory.mktemp("upstream")
-    key, cert = make_pki(root)
-    token_port, registry_port = free_port(), free_port()
-    token_log = root / "tokens.jsonl"
-    token_log.touch()
-    tokens = Peer(
-        "token server",
-        [
-            sys.executable,
-            str(HERE / "support" / "tokenserver.py"),
-            str(token_port),
-            str(key),
-            str(cert),
-            str(token_log),
-        ],
-        ("127.0.0.1", token_port),
-        root / "tokenserver.log",
-    )
-    storage = root / "storage"
-    config = root / "registry.yml"
-    config.write_text(
-        f"""version: 0.1
-log:
-  level: warn
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: {storage}
-  maintenance:
-    uploadpurging:
-      enabled: false
-http:
-  addr: 127.0.0.1:{registry_port}
-  secret: dockermirror-tests
-auth:
-  token:
-    realm: http://127.0.0.1:{token_port}/token
-    service: {SERVICE}
-    issuer: {ISSUER}
-    rootcertbundle: {cert}
-"""
-    )
-    registry = Peer(
-        "registry",
-        [registry_bin, "serve", str(config)],
-        ("127.0.0.1", registry_port),
-        root / "registry.log",
-    )
-    url = f"http://127.0.0.1:{registry_port}"
-    images = build_images(tmp_path_factory.mktemp("images"), BIG_LAYER)
-    result = Upstream(url, storage, images, key, cert, token_log)
-    pusher = Pusher(url, lambda name: result.token(name, ("pull", "push")))
-    for image in images.values():
-        pusher.push(image)
+    result = start_upstream(root, registry_bin, tmp_path_factory.mktemp("images"), BIG_LAYER)
     yield result
-    registry.stop()
-    tokens.stop()
+    result.stop()
 
 
 @attrs.frozen
