@@ -73,7 +73,8 @@ class MirrorSite(Site):
             client=getattr(request.getClientAddress(), "host", "-"),
             method=request.method.decode("ascii", "replace"),
             path=request.path.decode("utf-8", "replace"),
-            status=request.code,
+            # 499, as nginx logs it: the client left before any answer was sent.
+            status=request.code if request.startedWriting else 499,
             outcome="aborted" if isinstance(result, Failure) else "complete",
             bytes=request.sentLength,
             duration=self.reactor.seconds() - started,

@@ -10,6 +10,7 @@ skopeo, podman and containerd synchronously.
 from __future__ import annotations
 
 import shutil
+import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -113,6 +114,10 @@ def mirror(
     """``twistd -n dockermirror`` with docker.io pointed at the test registry."""
     root = tmp_path_factory.mktemp("mirror")
     port = free_port()
+    # A registry that accepts connections (the kernel's backlog does) and never answers.
+    blackhole = socket.socket()
+    blackhole.bind(("127.0.0.1", 0))
+    blackhole.listen(16)
     secret = root / "password"
     secret.write_text("s3cret\n")
     config = root / "dockermirror.toml"
@@ -135,8 +140,12 @@ url = "{upstream.url}"
 username = "mirror"
 password_file = "{secret}"
 
+[registries."blackhole.test"]
+url = "http://127.0.0.1:{blackhole.getsockname()[1]}"
+
 [upstream]
 idle_timeout = 30
+response_timeout = 3
 """
     )
     twistd = _require("twistd")
@@ -149,5 +158,6 @@ idle_timeout = 30
     )
     yield Mirror(port, peer)
     peer.stop()
+    blackhole.close()
     log = peer.log.read_text(errors="replace")
     assert "Traceback" not in log, log[-4000:]

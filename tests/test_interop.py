@@ -401,3 +401,33 @@ def test_containerd_pulls_through_hosts_toml(
     assert manifest.digest in listing
     log = mirror.peer.output()[before:]
     assert "HEAD /v2/library/alpine/manifests/latest -> 200" in log
+
+
+def test_silent_upstream_gives_504_and_a_leaving_client_is_logged(mirror: Mirror) -> None:
+    url = f"{mirror.url}/v2/blackhole.test/library/alpine/manifests/latest"
+    before = len(mirror.peer.output())
+    # A client that gives up first: the mirror drops the upstream wait, quietly.
+    with pytest.raises(TimeoutError):
+        urllib.request.urlopen(url, timeout=1)
+    started = time.monotonic()
+    status, _, body = fetch(url)
+    assert (status, oci_error(body)) == (504, "UNAVAILABLE")
+    assert time.monotonic() - started < 10
+    log = mirror.peer.output()[before:]
+    assert "GET /v2/blackhole.test/library/alpine/manifests/latest -> 499 aborted" in log
+    assert "Traceback" not in log
+
+
+def test_client_leaving_mid_layer_stops_the_transfer(mirror: Mirror, upstream: Upstream) -> None:
+    layer = max(upstream.images["big"].blobs, key=lambda b: b.size)
+    path = f"/v2/library/big/blobs/{layer.digest}"
+    before = len(mirror.peer.output())
+    with urllib.request.urlopen(mirror.url + path, timeout=30) as response:
+        assert len(response.read(1024 * 1024)) == 1024 * 1024
+    deadline = time.monotonic() + 10
+    while f"GET {path} -> 200 aborted" not in mirror.peer.output()[before:]:
+        assert time.monotonic() < deadline, mirror.peer.output()[before:]
+        time.sleep(0.1)
+    # The mirror is unharmed and serves the next client.
+    status, _, _ = fetch(mirror.url + "/v2/")
+    assert status == 200

@@ -7,10 +7,18 @@ import json
 
 import pytest
 from twisted.web.client import ResponseFailed, ResponseNeverReceived
-from twisted.web.server import Request
+from twisted.web.server import NOT_DONE_YET, Request
 
 from dockermirror.reference import digest_of
-from tests.fakes import FakeRegistry, Handler, Harness, blob_handler, dying_handler, json_error
+from tests.fakes import (
+    FakeRegistry,
+    Handler,
+    Harness,
+    blob_handler,
+    dying_handler,
+    json_error,
+    result_of,
+)
 
 MANIFEST = json.dumps(
     {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json"}
@@ -378,3 +386,24 @@ def test_blob_sha512_digest_is_verified(registry: FakeRegistry) -> None:
     registry.handlers[f"/v2/library/redis/blobs/{digest}"] = blob_handler(BLOB)
     harness = Harness(registry)
     assert harness.body(harness.request("GET", f"/v2/redis/blobs/{digest}")) == BLOB
+
+
+def test_stalled_body_is_given_up_after_the_idle_timeout(registry: FakeRegistry) -> None:
+    """An upstream that stops sending mid-body must not hold the client forever."""
+
+    def stall(request: Request) -> int:
+        request.setHeader(b"content-length", str(len(BLOB)).encode())
+        request.write(BLOB[:1000])
+        return NOT_DONE_YET  # and nothing more, ever
+
+    registry.handlers[f"/v2/library/redis/blobs/{BLOB_DIGEST}"] = stall
+    harness = Harness(registry)
+    d = harness.client.get(f"http://mirror.test/v2/redis/blobs/{BLOB_DIGEST}")
+    harness.settle()
+    harness.clock.advance(harness.config.upstream.idle_timeout - 1)
+    harness.settle()
+    assert not d.called  # the held-back chunk: nothing complete-looking reached the client
+    harness.clock.advance(2)
+    harness.settle()
+    with pytest.raises((ResponseFailed, ResponseNeverReceived)):
+        harness.body(result_of(d))
