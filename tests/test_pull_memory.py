@@ -402,7 +402,10 @@ def test_stalled_body_is_given_up_after_the_idle_timeout(registry: FakeRegistry)
     harness.settle()
     harness.clock.advance(harness.config.upstream.idle_timeout - 1)
     harness.settle()
-    assert not d.called  # the held-back chunk: nothing complete-looking reached the client
+    # The body is still in flight, with its no-progress timer armed.
+    assert [c.getTime() for c in harness.clock.getDelayedCalls()] == [
+        harness.config.upstream.idle_timeout
+    ]
     harness.clock.advance(2)
     harness.settle()
     with pytest.raises((ResponseFailed, ResponseNeverReceived)):
