@@ -9,6 +9,8 @@ import sys
 import time
 import urllib.request
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -154,8 +156,9 @@ def test_port_in_use_is_a_startup_failure() -> None:
     assert "Address already in use" in result.stdout + result.stderr
 
 
-def test_twistd_with_no_options_serves_docker_hub_on_port_5000(tmp_path: Path) -> None:
-    """The README's first command: `twistd -n dockermirror` alone must work."""
+@contextmanager
+def running_twistd(*args: str, port: int, cwd: Path = ROOT) -> Iterator[subprocess.Popen[bytes]]:
+    """twistd in the background, once it answers /v2/ on ``port``; stopped afterwards."""
     process = subprocess.Popen(
         [
             sys.executable,
@@ -163,54 +166,11 @@ def test_twistd_with_no_options_serves_docker_hub_on_port_5000(tmp_path: Path) -
             "from twisted.scripts.twistd import run; run()",
             "-n",
             "--pidfile=",
-            "dockermirror",
+            *args,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with urllib.request.urlopen("http://127.0.0.1:5000/v2/", timeout=2) as response:
-                    assert response.status == 200
-                    assert json.loads(response.read()) == {}
-                break
-            except OSError:
-                assert process.poll() is None, process.stdout.read() if process.stdout else ""
-                assert time.monotonic() < deadline, "twistd did not listen on port 5000"
-                time.sleep(0.1)
-        with urllib.request.urlopen("http://127.0.0.1:5000/", timeout=2) as response:
-            assert b"registry-1.docker.io" in response.read()
-    finally:
-        process.terminate()
-        process.wait(10)
-
-
-def test_free_port_helper_is_loopback() -> None:
-    assert 0 < free_port() < 65536
-
-
-def test_json_logger_for_twistd() -> None:
-    """`twistd --logger=dockermirror.logs.json_observer` writes one JSON event per line."""
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "from twisted.scripts.twistd import run; run()",
-            "-n",
-            "--pidfile=",
-            "--logger=dockermirror.logs.json_observer",
-            "dockermirror",
-            "--port",
-            f"tcp:{port}:interface=127.0.0.1",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd=ROOT,
+        cwd=cwd,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     try:
@@ -220,9 +180,32 @@ def test_json_logger_for_twistd() -> None:
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=2).close()
                 break
             except OSError:
-                assert process.poll() is None and time.monotonic() < deadline
+                assert process.poll() is None, process.communicate()[0]
+                assert time.monotonic() < deadline, f"twistd did not listen on port {port}"
                 time.sleep(0.1)
+        yield process
     finally:
+        if process.poll() is None:
+            process.terminate()
+            process.wait(10)
+
+
+def test_twistd_with_no_options_serves_docker_hub_on_port_5000(tmp_path: Path) -> None:
+    """The README's first command: `twistd -n dockermirror` alone must work."""
+    with running_twistd("dockermirror", port=5000, cwd=tmp_path):
+        with urllib.request.urlopen("http://127.0.0.1:5000/v2/", timeout=2) as response:
+            assert (response.status, json.loads(response.read())) == (200, {})
+        with urllib.request.urlopen("http://127.0.0.1:5000/", timeout=2) as response:
+            assert b"registry-1.docker.io" in response.read()
+
+
+def test_json_logger_for_twistd() -> None:
+    """`twistd --logger=dockermirror.logs.json_observer` writes one JSON event per line."""
+    port = free_port()
+    logger = "--logger=dockermirror.logs.json_observer"
+    with running_twistd(
+        logger, "dockermirror", "--port", f"tcp:{port}:interface=127.0.0.1", port=port
+    ) as process:
         process.terminate()
         out, _ = process.communicate(timeout=10)
     events = [json.loads(line.strip("\x1e")) for line in out.decode().splitlines() if line.strip()]

@@ -176,6 +176,21 @@ def _hello(label: str) -> dict[str, bytes | tuple[int, Callable[[int], bytes]]]:
     }
 
 
+def multi_platform_image(directory: Path, name: str, *, oci: bool) -> Image:
+    """amd64 and arm64 images under a manifest list (docker) or an image index (OCI)."""
+    image = Image(name)
+    children = []
+    for arch in ("amd64", "arm64"):
+        label = f"{name.rpartition('/')[2]}-{arch}"
+        blobs, manifest = single_image(directory, label, _hello(label), oci=oci, arch=arch)
+        image.blobs += blobs
+        image.manifests.append(manifest)
+        children.append((manifest, arch))
+    image.tags["latest"] = index_of(children, oci=oci)
+    image.manifests.append(image.tags["latest"])
+    return image
+
+
 def build_images(directory: Path, big_size: int) -> dict[str, Image]:
     """The suite's images, keyed by a short label."""
     images: dict[str, Image] = {}
@@ -186,29 +201,8 @@ def build_images(directory: Path, big_size: int) -> dict[str, Image]:
         alpine.tags[tag] = manifest
     images["schema2"] = alpine
 
-    multi = Image("library/multiarch")
-    children = []
-    for arch in ("amd64", "arm64"):
-        blobs, manifest = single_image(directory, f"multi-{arch}", _hello(arch), arch=arch)
-        multi.blobs += blobs
-        multi.manifests.append(manifest)
-        children.append((manifest, arch))
-    multi.tags["latest"] = index_of(children, oci=False)
-    multi.manifests.append(multi.tags["latest"])
-    images["manifest-list"] = multi
-
-    oci = Image("library/ociimage")
-    children = []
-    for arch in ("amd64", "arm64"):
-        blobs, manifest = single_image(
-            directory, f"oci-{arch}", _hello(f"oci {arch}"), oci=True, arch=arch
-        )
-        oci.blobs += blobs
-        oci.manifests.append(manifest)
-        children.append((manifest, arch))
-    oci.tags["latest"] = index_of(children, oci=True)
-    oci.manifests.append(oci.tags["latest"])
-    images["oci-index"] = oci
+    images["manifest-list"] = multi_platform_image(directory, "library/multiarch", oci=False)
+    images["oci-index"] = multi_platform_image(directory, "library/ociimage", oci=True)
 
     blobs, manifest = single_image(directory, "big", {"data/random.bin": (big_size, os.urandom)})
     images["big"] = Image("library/big", blobs, [manifest], {"latest": manifest})
