@@ -77,7 +77,12 @@ class MirrorApp:
         _api_headers(request)
         host, ns = _host(request), _ns(request)
         # Clients send one scope per parameter; some put several in one, space-separated.
-        scopes = [s for v in request.args.get(b"scope", []) for s in v.decode().split(" ") if s]
+        scopes = [
+            s
+            for v in request.args.get(b"scope", [])
+            for s in v.decode("utf-8", "replace").split(" ")
+            if s
+        ]
         token = self._issuer.issue(
             scopes, lambda name: route_request(self._config, host, name, ns).label
         )

@@ -114,7 +114,7 @@ class Puller:
         return self._stream(response, headers, expected)
 
     async def tags(self, request: Request, target: Target) -> StreamResource:
-        query = [(k, v) for k in ("n", "last") for v in _args(request, k)]
+        query = [(k, v) for k in ("n", "last") for v in query_values(request, k)]
         response = await self._clients[target.registry.name].request(
             request.method, target.name, ("tags", "list"), query=query
         )
@@ -127,7 +127,7 @@ class Puller:
         return self._stream(response, headers, None)
 
     async def referrers(self, request: Request, target: Target, digest: str) -> StreamResource:
-        query = [("artifactType", v) for v in _args(request, "artifactType")]
+        query = [("artifactType", v) for v in query_values(request, "artifactType")]
         response = await self._clients[target.registry.name].request(
             request.method, target.name, ("referrers", digest), query=query
         )
@@ -231,7 +231,8 @@ def _set_headers(request: Request, headers: list[tuple[bytes, list[bytes]]]) -> 
         request.responseHeaders.setRawHeaders(name, values)
 
 
-def _args(request: Request, key: str) -> list[str]:
+def query_values(request: Request, key: str) -> list[str]:
+    """A query parameter's values, decoded leniently (bad bytes must not become a 500)."""
     return [v.decode("utf-8", "replace") for v in request.args.get(key.encode(), [])]
 
 
@@ -244,6 +245,6 @@ def _mirror_link(link: bytes, target: Target, request: Request) -> bytes:
     upstream = EncodedURL.from_text(text[start + 1 : end])
     mirror = EncodedURL(path=("v2", *target.client_name.split("/"), "tags", "list"), rooted=True)
     mirror = mirror.replace(query=upstream.query)
-    for ns in _args(request, "ns"):
+    for ns in query_values(request, "ns"):
         mirror = mirror.add("ns", ns)
     return f"{text[:start]}<{mirror.to_text()}>{text[end + 1 :]}".encode("latin-1")

@@ -16,6 +16,8 @@ from dockermirror.pull import Puller
 from dockermirror.site import MirrorSite
 from dockermirror.upstream import UpstreamClient
 
+IDLE_CLIENT_TIMEOUT = 5 * 60
+
 
 class UpstreamPools(Service):
     """Owns one connection pool per upstream registry and closes them on stop."""
@@ -40,4 +42,5 @@ def build_site(
 ) -> MirrorSite:
     puller = Puller(clients, reactor, config.upstream)
     app = MirrorApp(config, puller, TokenIssuer(reactor))
-    return MirrorSite(app.resource(), reactor=reactor)
+    # Twisted keeps idle client connections for 12 hours by default; a public mirror should not.
+    return MirrorSite(app.resource(), timeout=IDLE_CLIENT_TIMEOUT, reactor=reactor)

@@ -90,14 +90,12 @@ class BodyPipe(_UpstreamBody):
         clock: IReactorTime,
         idle_timeout: float,
         expected_digest: str | None = None,
-        on_end: Callable[[bool], None] = lambda ok: None,
     ) -> None:
         self._request = request
         self._clock = clock
         self._idle_timeout = idle_timeout
         self._expected = expected_digest
         self._hasher = new_hasher(expected_digest) if expected_digest else None
-        self._on_end = on_end
         self._client_gone = False
         self._held = b""
         self._timer: IDelayedCall | None = None
@@ -127,7 +125,6 @@ class BodyPipe(_UpstreamBody):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         if self._client_gone:
-            self._on_end(False)
             return
         problem = self._problem(reason)
         self._request.unregisterProducer()
@@ -141,7 +138,6 @@ class BodyPipe(_UpstreamBody):
                 problem=problem,
             )
             _abort_client(self._request)
-        self._on_end(problem is None)
 
     def _problem(self, reason: Failure) -> str | None:
         if not reason.check(ResponseDone, PotentialDataLoss):
