@@ -28,7 +28,7 @@ from dockermirror.errors import (
 )
 from dockermirror.homepage import choose_language, render_homepage
 from dockermirror.issuer import SERVICE, TokenIssuer
-from dockermirror.pull import Puller
+from dockermirror.pull import Puller, query_values
 from dockermirror.reference import Endpoint, parse_api_path, validate_digest, validate_reference
 from dockermirror.routing import route_request
 from dockermirror.site import note_route
@@ -77,12 +77,7 @@ class MirrorApp:
         _api_headers(request)
         host, ns = _host(request), _ns(request)
         # Clients send one scope per parameter; some put several in one, space-separated.
-        scopes = [
-            s
-            for v in request.args.get(b"scope", [])
-            for s in v.decode("utf-8", "replace").split(" ")
-            if s
-        ]
+        scopes = [s for v in query_values(request, "scope") for s in v.split(" ") if s]
         token = self._issuer.issue(
             scopes, lambda name: route_request(self._config, host, name, ns).label
         )
@@ -179,5 +174,5 @@ def _host(request: Request) -> str:
 
 
 def _ns(request: Request) -> str | None:
-    values = request.args.get(b"ns")
-    return values[0].decode("utf-8", "replace") if values else None
+    values = query_values(request, "ns")
+    return values[0] if values else None
