@@ -8,8 +8,9 @@ Upstream failures become the OCI error a client expects.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
+import attrs
 from hyperlink import EncodedURL
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
@@ -34,13 +35,6 @@ from dockermirror.routing import Target
 from dockermirror.streaming import BodyPipe, BodyTooLarge, StreamResource, discard, read_bounded
 from dockermirror.upstream import UpstreamClient
 
-_MANIFEST_HEADERS = (
-    b"content-type",
-    b"content-length",
-    b"docker-content-digest",
-    b"etag",
-    b"last-modified",
-)
 _BLOB_HEADERS = (
     b"content-type",
     b"content-length",
@@ -53,6 +47,25 @@ _BLOB_HEADERS = (
 _LIST_HEADERS = (b"content-type", b"content-length", b"oci-filters-applied")
 _NOT_FOUND_CODES = {MANIFEST_UNKNOWN.code, BLOB_UNKNOWN.code, NAME_UNKNOWN.code}
 _MAX_ERROR_BYTES = 64 * 1024
+
+
+@attrs.frozen
+class Manifest:
+    digest: str  # "" when a HEAD answer did not say
+    media_type: str
+    size: int | None
+    body: bytes | None  # None for the answer to a HEAD
+
+
+def respond_manifest(request: Request, manifest: Manifest) -> bytes:
+    """Headers and body for a manifest response; the bytes are exactly the upstream's."""
+    headers = [(b"content-type", manifest.media_type), (b"docker-content-digest", manifest.digest)]
+    if manifest.size is not None:
+        headers.append((b"content-length", str(manifest.size)))
+    for name, value in headers:
+        if value:
+            request.responseHeaders.setRawHeaders(name, [value.encode()])
+    return manifest.body if request.method != b"HEAD" and manifest.body is not None else b""
 
 
 class Puller:
@@ -69,8 +82,14 @@ class Puller:
         self._settings = settings
 
     async def manifest(self, request: Request, target: Target, reference: str) -> bytes:
-        method = request.method
         accept = request.requestHeaders.getRawHeaders(b"accept", [])
+        manifest = await self.fetch_manifest(target, reference, request.method, accept)
+        return respond_manifest(request, manifest)
+
+    async def fetch_manifest(
+        self, target: Target, reference: str, method: bytes, accept: Sequence[bytes]
+    ) -> Manifest:
+        """A manifest from the upstream; a GET's bytes are bounded and digest-checked."""
         response = await self._clients[target.registry.name].request(
             method,
             target.name,
@@ -79,10 +98,16 @@ class Puller:
         )
         if response.code != 200:
             raise await upstream_failure(response, method, target, MANIFEST_UNKNOWN)
+        media_type = _header(response, b"content-type")
         if method == b"HEAD":
-            _set_headers(request, _copy_headers(response, _MANIFEST_HEADERS, method))
             discard(response)
-            return b""
+            length = _header(response, b"content-length")
+            return Manifest(
+                _header(response, b"docker-content-digest"),
+                media_type,
+                int(length) if length.isdigit() else None,
+                None,
+            )
         try:
             body = await read_bounded(response, self._settings.max_manifest_bytes)
         except BodyTooLarge:
@@ -92,26 +117,31 @@ class Puller:
                 status=502,
                 message="the upstream manifest is larger than the mirror accepts",
             ) from None
-        digest = _check_manifest_digest(response, body, reference)
-        _set_headers(request, _copy_headers(response, _MANIFEST_HEADERS, method))
-        request.responseHeaders.setRawHeaders(b"docker-content-digest", [digest.encode()])
-        request.responseHeaders.setRawHeaders(b"content-length", [str(len(body)).encode()])
-        return body
+        return Manifest(
+            _check_manifest_digest(response, body, reference), media_type, len(body), body
+        )
 
     async def blob(self, request: Request, target: Target, digest: str) -> StreamResource:
         ranges = request.requestHeaders.getRawHeaders(b"range")
+        response = await self.fetch_blob(target, digest, request.method, ranges or [])
+        # Only a whole body can be checked against its digest.
+        expected = digest if response.code == 200 else None
+        headers = _copy_headers(response, _BLOB_HEADERS, request.method)
+        return self._stream(response, headers, expected)
+
+    async def fetch_blob(
+        self, target: Target, digest: str, method: bytes, ranges: Sequence[bytes]
+    ) -> IResponse:
+        """An upstream blob response (200, 206 or 416) whose body is not read yet."""
         response = await self._clients[target.registry.name].request(
-            request.method,
+            method,
             target.name,
             ("blobs", digest),
             headers={b"range": ranges} if ranges else None,
         )
         if response.code not in (200, 206, 416):
-            raise await upstream_failure(response, request.method, target, BLOB_UNKNOWN)
-        # Only a whole body can be checked against its digest.
-        expected = digest if response.code == 200 else None
-        headers = _copy_headers(response, _BLOB_HEADERS, request.method)
-        return self._stream(response, headers, expected)
+            raise await upstream_failure(response, method, target, BLOB_UNKNOWN)
+        return response
 
     async def tags(self, request: Request, target: Target) -> StreamResource:
         query = [(k, v) for k in ("n", "last") for v in query_values(request, k)]
@@ -203,7 +233,7 @@ def _check_manifest_digest(response: IResponse, body: bytes, reference: str) -> 
     """The manifest's digest; the bytes must match the reference and the upstream's claim."""
     algorithm = reference.partition(":")[0] if is_digest(reference) else "sha256"
     digest = digest_of(body, algorithm)
-    claimed = response.headers.getRawHeaders(b"docker-content-digest", [b""])[0].decode()
+    claimed = _header(response, b"docker-content-digest")
     expected = reference if is_digest(reference) else claimed
     if expected and expected.partition(":")[0] == algorithm and expected != digest:
         raise RegistryError(
@@ -226,9 +256,8 @@ def _copy_headers(
     return headers
 
 
-def _set_headers(request: Request, headers: list[tuple[bytes, list[bytes]]]) -> None:
-    for name, values in headers:
-        request.responseHeaders.setRawHeaders(name, values)
+def _header(response: IResponse, name: bytes) -> str:
+    return response.headers.getRawHeaders(name, [b""])[0].decode("latin-1")
 
 
 def query_values(request: Request, key: str) -> list[str]:
