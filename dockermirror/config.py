@@ -6,6 +6,8 @@ validates and names the key at fault in a :class:`ConfigError`.
 
 from __future__ import annotations
 
+import os
+import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -67,12 +69,53 @@ class UpstreamSettings:
 
 
 @attrs.frozen
+class CacheSettings:
+    enabled: bool = True
+    dir: str = ""
+    max_size: int = 20 * 1024**3
+    # How long a tag's digest is trusted before an upstream HEAD revalidates it.
+    tag_ttl: float = 300.0
+    # How old a manifest may be and still be served when revalidation fails; None: no limit.
+    max_stale: float | None = None
+    # Serve a cached tag even when the upstream now says 404.
+    stale_on_not_found: bool = False
+    # A download whose clients all left goes on to fill the cache up to this size.
+    detached_fill_max: int = 4 * 1024**3
+    # Below this much free disk space, blobs stream through without being stored.
+    min_free: int = 1024**3
+
+
+def default_cache_dir() -> str:
+    """systemd's CacheDirectory= (``$CACHE_DIRECTORY``), else the per-user XDG cache."""
+    if os.environ.get("CACHE_DIRECTORY"):
+        return os.environ["CACHE_DIRECTORY"].split(":")[0]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "dockermirror")
+
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\Z", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+_UNITS.update({"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40})
+
+
+def parse_size(value: object, key: str) -> int:
+    """A byte count: an integer, or a string like "50GiB" or "500 MB"."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    match = _SIZE.match(value.strip()) if isinstance(value, str) else None
+    if match is None:
+        raise ConfigError(f"{key}: {value!r} is not a size (e.g. 50GiB, 500MB or a byte count)")
+    return int(float(match[1]) * _UNITS[(match[2] or "").lower()])
+
+
+@attrs.frozen
 class MirrorConfig:
     ports: tuple[str, ...]
     # Host name the client used (lowercase, no port), or "*", to a registry name.
     routes: Mapping[str, str]
     registries: Mapping[str, Registry]
     upstream: UpstreamSettings = UpstreamSettings()
+    cache: CacheSettings = CacheSettings()
 
     def registry_for_host(self, host: str) -> Registry | None:
         name = self.routes.get(host, self.routes.get(DEFAULT_ROUTE))
@@ -103,9 +146,10 @@ def build_config(
     ports: Iterable[str] = (),
     routes: Iterable[tuple[str, str]] = (),
     registries: Iterable[tuple[str, str]] = (),
+    cache: Mapping[str, Any] | None = None,
 ) -> MirrorConfig:
     """Validate a parsed TOML document; command-line values override it."""
-    _check_keys(data, "", {"server", "routes", "registries", "upstream"})
+    _check_keys(data, "", {"server", "routes", "registries", "upstream", "cache"})
     server = _table(data, "server")
     _check_keys(server, "server.", {"ports"})
 
@@ -136,6 +180,7 @@ def build_config(
         routes=route_table,
         registries=known,
         upstream=_upstream(_table(data, "upstream")),
+        cache=_cache({**_table(data, "cache"), **(cache or {})}),
     )
 
 
@@ -204,6 +249,24 @@ def _upstream(table: Mapping[str, Any]) -> UpstreamSettings:
             raise ConfigError(f"upstream.{name}: must be a whole number")
         values[name] = kind(value)
     return UpstreamSettings(**values)
+
+
+def _cache(table: Mapping[str, Any]) -> CacheSettings:
+    _check_keys(table, "cache.", {f.name for f in attrs.fields(CacheSettings)})
+    values: dict[str, Any] = {"dir": default_cache_dir()}
+    for name, value in table.items():
+        key = f"cache.{name}"
+        if name in ("enabled", "stale_on_not_found"):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{key}: must be true or false")
+        elif name == "dir":
+            value = _string(value, key)
+        elif name in ("max_size", "detached_fill_max", "min_free"):
+            value = parse_size(value, key)
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ConfigError(f"{key}: must be a number of seconds, 0 or more")
+        values[name] = value
+    return CacheSettings(**values)
 
 
 def _host_key(host: str, key: str) -> str:

@@ -14,6 +14,7 @@ import attrs
 from hyperlink import EncodedURL
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
+from twisted.web.resource import IResource
 from twisted.web.server import Request
 
 from dockermirror.config import UpstreamSettings
@@ -121,7 +122,7 @@ class Puller:
             _check_manifest_digest(response, body, reference), media_type, len(body), body
         )
 
-    async def blob(self, request: Request, target: Target, digest: str) -> StreamResource:
+    async def blob(self, request: Request, target: Target, digest: str) -> IResource:
         ranges = request.requestHeaders.getRawHeaders(b"range")
         response = await self.fetch_blob(target, digest, request.method, ranges or [])
         # Only a whole body can be checked against its digest.

@@ -12,11 +12,17 @@ from twisted.web.server import Request, Site
 log = Logger(namespace="dockermirror.access")
 
 _ROUTE_ATTRIBUTE = "_dockermirror_route"
+_CACHE_ATTRIBUTE = "_dockermirror_cache"
 
 
 def note_route(request: Request, label: str) -> None:
     """Record which upstream and repository served ``request``, for its log event."""
     setattr(request, _ROUTE_ATTRIBUTE, label)
+
+
+def note_cache(request: Request, outcome: str) -> None:
+    """Record how the cache answered ``request`` (HIT, MISS, ...), for its log event."""
+    setattr(request, _CACHE_ATTRIBUTE, outcome)
 
 
 _TLS_ON_PLAIN_PORT = (
@@ -69,7 +75,7 @@ class MirrorSite(Site):
     def _logRequest(self, result: Failure | None, request: Request, started: float) -> None:
         log.info(
             "{client} {method} {path} -> {status} {outcome} ({bytes} bytes, {duration:.3f}s)"
-            " route={route}",
+            " route={route} cache={cache}",
             client=getattr(request.getClientAddress(), "host", "-"),
             method=request.method.decode("ascii", "replace"),
             path=request.path.decode("utf-8", "replace"),
@@ -79,4 +85,5 @@ class MirrorSite(Site):
             bytes=request.sentLength,
             duration=self.reactor.seconds() - started,
             route=getattr(request, _ROUTE_ATTRIBUTE, "-"),
+            cache=getattr(request, _CACHE_ATTRIBUTE, "-"),
         )

@@ -30,14 +30,14 @@ class BodyTooLarge(Exception):
     pass
 
 
-class _UpstreamBody(Protocol):
+class UpstreamBody(Protocol):
     """A protocol that receives a response body; its transport pauses, resumes and stops it."""
 
-    def _upstream(self) -> IPushProducer:
+    def upstream(self) -> IPushProducer:
         return cast(IPushProducer, self.transport)
 
 
-class _BoundedCollector(_UpstreamBody):
+class _BoundedCollector(UpstreamBody):
     def __init__(self, limit: int, done: Deferred[bytes]) -> None:
         self._limit = limit
         self._done = done
@@ -47,7 +47,7 @@ class _BoundedCollector(_UpstreamBody):
     def dataReceived(self, data: bytes) -> None:
         self._size += len(data)
         if self._size > self._limit:
-            self._upstream().stopProducing()
+            self.upstream().stopProducing()
             if not self._done.called:
                 self._done.errback(BodyTooLarge(self._limit))
             return
@@ -74,7 +74,7 @@ def discard(response: IResponse) -> None:
     read_bounded(response, 64 * 1024).addErrback(lambda _: None)
 
 
-class BodyPipe(_UpstreamBody):
+class BodyPipe(UpstreamBody):
     """Write an upstream body to a client request as it arrives.
 
     Finishes the request only when the upstream body ended cleanly and, when a
@@ -103,9 +103,9 @@ class BodyPipe(_UpstreamBody):
 
     def connectionMade(self) -> None:
         if self._client_gone:
-            self._upstream().stopProducing()
+            self.upstream().stopProducing()
             return
-        self._request.registerProducer(self._upstream(), True)
+        self._request.registerProducer(self.upstream(), True)
         self._timer = self._clock.callLater(self._idle_timeout, self._idle)
 
     def dataReceived(self, data: bytes) -> None:
@@ -151,7 +151,7 @@ class BodyPipe(_UpstreamBody):
     def _clientGone(self, reason: Failure) -> None:
         self._client_gone = True
         if self.transport is not None:
-            self._upstream().stopProducing()
+            self.upstream().stopProducing()
 
     def _idle(self) -> None:
         log.warn(
@@ -160,7 +160,7 @@ class BodyPipe(_UpstreamBody):
             client=_client(self._request),
         )
         self._timer = None
-        self._upstream().stopProducing()
+        self.upstream().stopProducing()
 
 
 def _abort_client(request: Request) -> None:

@@ -10,7 +10,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
 from dockermirror.config import ConfigError, build_config, load_toml, parse_assignment
-from dockermirror.service import UpstreamPools, build_site
+from dockermirror.service import UpstreamPools, build_puller, build_site
 
 
 class Options(usage.Options):
@@ -19,7 +19,16 @@ class Options(usage.Options):
         "A pull-through mirror for Docker Hub and other OCI registries. With no options it "
         "listens on tcp:5000 and sends every host to Docker Hub."
     )
-    optParameters = [["config", "c", None, "TOML configuration file (options override it)."]]
+    optParameters = [
+        ["config", "c", None, "TOML configuration file (options override it)."],
+        [
+            "cache-dir",
+            None,
+            None,
+            "Cache directory (default: $CACHE_DIRECTORY under systemd, else the user's cache).",
+        ],
+    ]
+    optFlags = [["no-cache", None, "Pass everything through; store nothing."]]
 
     def __init__(self) -> None:
         super().__init__()
@@ -49,6 +58,7 @@ class Options(usage.Options):
                 ports=self["port"],
                 routes=[parse_assignment(v, "route") for v in self["route"]],
                 registries=[parse_assignment(v, "registry") for v in self["registry"]],
+                cache=_cache_overrides(self),
             )
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
@@ -60,6 +70,15 @@ class Options(usage.Options):
                 raise usage.UsageError(f"port {port!r}: {e}") from None
 
 
+def _cache_overrides(options: Options) -> dict[str, object]:
+    overrides: dict[str, object] = {}
+    if options["cache-dir"]:
+        overrides["dir"] = options["cache-dir"]
+    if options["no-cache"]:
+        overrides["enabled"] = False
+    return overrides
+
+
 def makeService(options: Options, reactor: Any = None) -> MultiService:
     if reactor is None:
         from twisted.internet import reactor
@@ -67,7 +86,11 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     top = MultiService()
     pools = UpstreamPools(config, reactor)
     pools.setServiceParent(top)
-    site = build_site(config, reactor, pools.clients)
+    puller, cache = build_puller(config, reactor, pools.clients)
+    if cache is not None:
+        # Before the listeners: the store is open by the time the first request comes.
+        cache.setServiceParent(top)
+    site = build_site(config, reactor, puller)
     for port in config.ports:
         listener = strports.service(port, site, reactor=reactor)
         listener.setServiceParent(top)

@@ -146,6 +146,9 @@ url = "http://127.0.0.1:{blackhole.getsockname()[1]}"
 [upstream]
 idle_timeout = 30
 response_timeout = 3
+
+[cache]
+dir = "{root / "cache"}"
 """
     )
     twistd = _require("twistd")

@@ -19,7 +19,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from dockermirror.config import MirrorConfig, build_config
-from dockermirror.service import build_site
+from dockermirror.service import build_puller, build_site
 from dockermirror.upstream import UpstreamClient
 
 Handler = Callable[[Request], bytes | int]
@@ -102,7 +102,10 @@ class Harness:
         self.clock = Clock()
         self.registry = registry
         self.upstream_agent = RequestTraversalAgent(registry)
-        base: dict[str, Any] = {"registries": {"docker.io": {"url": "http://upstream.test"}}}
+        base: dict[str, Any] = {
+            "registries": {"docker.io": {"url": "http://upstream.test"}},
+            "cache": {"enabled": False},
+        }
         self.config: MirrorConfig = build_config({**base, **(toml or {})})
         self.clients = {
             name: UpstreamClient(
@@ -110,7 +113,10 @@ class Harness:
             )
             for name, registry_config in self.config.registries.items()
         }
-        site = build_site(self.config, self.clock, self.clients)
+        self.puller, self.cache = build_puller(self.config, self.clock, self.clients)
+        if self.cache is not None:
+            self.cache.startService()
+        site = build_site(self.config, self.clock, self.puller)
         # StubTreq builds its methods at run time; mypy cannot see them.
         self.client: Any = StubTreq(site.resource)
 

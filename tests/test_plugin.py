@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 from twisted.application.service import IServiceMaker, MultiService
-from twisted.internet.testing import MemoryReactor
+from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import getPlugins
 from twisted.python.usage import UsageError
 from zope.interface.verify import verifyObject
 
-from dockermirror.service import UpstreamPools
+from dockermirror.service import CacheService, UpstreamPools
 from dockermirror.tap import Options, makeService
 from tests.support.processes import free_port
 
@@ -120,10 +120,11 @@ def test_option_errors(argv: list[str], message: str) -> None:
     assert message in str(error.value)
 
 
-def test_make_service_listens_on_every_port_and_closes_pools() -> None:
+def test_make_service_listens_on_every_port_and_closes_pools(tmp_path: Path) -> None:
     options = Options()
-    options.parseOptions(["--port", "tcp:0", "--port", "tcp:0:interface=127.0.0.1"])
-    reactor = MemoryReactor()
+    ports = ["--port", "tcp:0", "--port", "tcp:0:interface=127.0.0.1"]
+    options.parseOptions([*ports, "--cache-dir", str(tmp_path / "cache")])
+    reactor = MemoryReactorClock()
     service = makeService(options, reactor=reactor)
     assert isinstance(service, MultiService)
     service.startService()
@@ -131,7 +132,19 @@ def test_make_service_listens_on_every_port_and_closes_pools() -> None:
     pools = [s for s in service if isinstance(s, UpstreamPools)]
     assert len(pools) == 1
     assert set(pools[0].pools) >= {"docker.io", "ghcr.io", "quay.io"}
+    # The cache starts before the listeners, so its store is open for the first request.
+    kinds = [type(s) for s in service]
+    assert kinds.index(CacheService) < len(kinds) - 2
+    assert (tmp_path / "cache" / "index.sqlite").exists()
     service.stopService()
+
+
+def test_no_cache_means_no_cache_service() -> None:
+    options = Options()
+    options.parseOptions(["--no-cache"])
+    assert not options["mirror"].cache.enabled
+    service = makeService(options, reactor=MemoryReactorClock())
+    assert not [s for s in service if isinstance(s, CacheService)]
 
 
 def test_bad_config_exits_before_listening_with_one_clear_line(tmp_path: Path) -> None:
@@ -171,7 +184,8 @@ def running_twistd(*args: str, port: int, cwd: Path = ROOT) -> Iterator[subproce
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         cwd=cwd,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        # The default cache directory is the user's; keep the tests' out of it.
+        env={**os.environ, "PYTHONPATH": str(ROOT), "XDG_CACHE_HOME": str(cwd / ".cache")},
     )
     try:
         deadline = time.monotonic() + 20
@@ -203,9 +217,8 @@ def test_json_logger_for_twistd() -> None:
     """`twistd --logger=dockermirror.logs.json_observer` writes one JSON event per line."""
     port = free_port()
     logger = "--logger=dockermirror.logs.json_observer"
-    with running_twistd(
-        logger, "dockermirror", "--port", f"tcp:{port}:interface=127.0.0.1", port=port
-    ) as process:
+    listen = ["--port", f"tcp:{port}:interface=127.0.0.1", "--no-cache"]
+    with running_twistd(logger, "dockermirror", *listen, port=port) as process:
         process.terminate()
         out, _ = process.communicate(timeout=10)
     events = [json.loads(line.strip("\x1e")) for line in out.decode().splitlines() if line.strip()]
