@@ -222,7 +222,8 @@ class CachingPuller(Puller):
                 ("blob", key, digest), lambda: self._start_fill(target, digest, key)
             )
             fill = await d
-            if fill is None:  # the blob cannot be cached: stream it through
+            # None: the blob cannot be cached (no room, no length); or its fill failed already.
+            if fill is None or fill.state == Fill.FAILED:
                 self._count(request, "MISS")
                 return await super().blob(request, target, digest)
             self._count(request, "COALESCED" if joined else "MISS")

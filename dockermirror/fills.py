@@ -208,8 +208,8 @@ def parse_range(header: bytes | None, size: int) -> ByteRange | None:
         return ByteRange(max(0, size - suffix), size - 1)
     first = int(match[1])
     last = int(match[2]) if match[2] else size - 1
-    if last < first:
-        return None
+    if match[2] and last < first:
+        return None  # invalid: RFC 9110 says to ignore it
     if first >= size:
         raise Unsatisfiable()
     return ByteRange(first, min(last, size - 1))

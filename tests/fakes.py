@@ -150,3 +150,15 @@ def result_of(d: Deferred[Any]) -> Any:
     if isinstance(results[0], Failure):
         results[0].raiseException()
     return results[0]
+
+
+def watch(d: Deferred[Any]) -> list[Any]:
+    """The result of ``d`` once it has one, without taking it away from later callbacks."""
+    results: list[Any] = []
+
+    def record(result: Any) -> Any:
+        results.append(result)
+        return result
+
+    d.addBoth(record)
+    return results
