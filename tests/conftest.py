@@ -11,21 +11,18 @@ from __future__ import annotations
 
 import shutil
 import socket
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import cast
 
-import attrs
 import pytest
 from twisted.logger import ILogObserver, LogLevel, globalLogPublisher
 
-from tests.support.peers import Upstream, start_upstream
-from tests.support.processes import Peer, free_port
+from tests.support.images import Image, build_images
+from tests.support.peers import Front, Mirror, Upstream, start_front, start_mirror, start_upstream
 
 HERE = Path(__file__).parent
 BIG_LAYER = 256 * 1024 * 1024
-CDN_HOST = "127.0.0.2"
 
 
 @pytest.fixture
@@ -54,57 +51,34 @@ def _require(tool: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
+def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Image]:
+    """The suite's images, built once (a 256 MiB layer among them)."""
+    return build_images(tmp_path_factory.mktemp("images"), BIG_LAYER)
+
+
+@pytest.fixture(scope="session")
+def upstream(
+    tmp_path_factory: pytest.TempPathFactory, images: dict[str, Image]
+) -> Iterator[Upstream]:
     """The real distribution registry, token auth on, seeded with the suite's images."""
-    registry_bin = _require("docker-registry")
-    root = tmp_path_factory.mktemp("upstream")
-    result = start_upstream(root, registry_bin, tmp_path_factory.mktemp("images"), BIG_LAYER)
+    result = start_upstream(
+        tmp_path_factory.mktemp("upstream"), _require("docker-registry"), images
+    )
     yield result
     result.stop()
-
-
-@attrs.frozen
-class Front:
-    url: str
-    port: int
 
 
 @pytest.fixture(scope="session")
 def front(upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Front]:
     """A registry front that answers blob GETs with 307 to a CDN on another loopback host."""
-    root = tmp_path_factory.mktemp("front")
-    port, cdn_port = free_port(), free_port(CDN_HOST)
-    registry_port = upstream.url.rpartition(":")[2]
-    peer = Peer(
-        "redirecting front",
-        [
-            sys.executable,
-            str(HERE / "support" / "fronts.py"),
-            str(port),
-            CDN_HOST,
-            str(cdn_port),
-            registry_port,
-            str(upstream.storage),
-        ],
-        ("127.0.0.1", port),
-        root / "front.log",
-    )
-    yield Front(f"http://127.0.0.1:{port}", port)
-    peer.stop()
+    result = start_front(tmp_path_factory.mktemp("front"), upstream)
+    yield result
+    result.peer.stop()
 
 
-@attrs.frozen
-class Mirror:
-    port: int
-    peer: Peer
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.address}"
+def assert_clean_log(mirror: Mirror) -> None:
+    log = mirror.peer.output()
+    assert "Traceback" not in log, log[-4000:]
 
 
 @pytest.fixture(scope="session")
@@ -113,19 +87,13 @@ def mirror(
 ) -> Iterator[Mirror]:
     """``twistd -n dockermirror`` with docker.io pointed at the test registry."""
     root = tmp_path_factory.mktemp("mirror")
-    port = free_port()
     # A registry that accepts connections (the kernel's backlog does) and never answers.
     blackhole = socket.socket()
     blackhole.bind(("127.0.0.1", 0))
     blackhole.listen(16)
     secret = root / "password"
     secret.write_text("s3cret\n")
-    config = root / "dockermirror.toml"
-    config.write_text(
-        f"""[server]
-ports = ["tcp:{port}:interface=127.0.0.1"]
-
-[routes]
+    config = f"""[routes]
 "*" = "docker.io"
 "localhost" = "cdn.test"
 
@@ -146,21 +114,9 @@ url = "http://127.0.0.1:{blackhole.getsockname()[1]}"
 [upstream]
 idle_timeout = 30
 response_timeout = 3
-
-[cache]
-dir = "{root / "cache"}"
 """
-    )
-    twistd = _require("twistd")
-    peer = Peer(
-        "mirror",
-        [twistd, "-n", "--pidfile=", "dockermirror", "--config", str(config)],
-        ("127.0.0.1", port),
-        root / "mirror.log",
-        env={"PYTHONPATH": str(HERE.parent)},
-    )
-    yield Mirror(port, peer)
-    peer.stop()
+    result = start_mirror(root, _require("twistd"), config)
+    yield result
+    result.stop()
     blackhole.close()
-    log = peer.log.read_text(errors="replace")
-    assert "Traceback" not in log, log[-4000:]
+    assert_clean_log(result)

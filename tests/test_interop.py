@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BIG_LAYER, Mirror, _require
-from tests.support.peers import Upstream
+from tests.conftest import BIG_LAYER, _require
+from tests.support.peers import Mirror, Upstream
 from tests.support.processes import Peer
 
 POLICY = '{"default": [{"type": "insecureAcceptAnything"}]}'

@@ -4,7 +4,10 @@ This is how Docker Hub behaves: blob GETs answer 307 to a signed CDN URL, and
 the CDN (like S3) rejects requests that carry the registry's Authorization.
 Everything else is passed to the real registry.  Usage:
 
-    python fronts.py FRONT_PORT CDN_HOST CDN_PORT REGISTRY_PORT STORAGE_DIR
+    python fronts.py FRONT_PORT CDN_HOST CDN_PORT REGISTRY_PORT STORAGE_DIR [MODE]
+
+MODE "corrupt" makes the CDN flip one byte in the middle of every blob, and
+"slow" makes it send at 64 MB/s.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import json
 import re
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs
@@ -26,6 +30,7 @@ FORWARDED = ("Authorization", "Accept", "Range")
 def main() -> None:
     front_port, cdn_host, cdn_port = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
     registry_port, storage = int(sys.argv[4]), Path(sys.argv[5])
+    mode = sys.argv[6] if len(sys.argv) > 6 else "normal"
 
     class Front(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -119,11 +124,20 @@ def main() -> None:
                 return
             with open(data, "rb") as f:
                 f.seek(start)
-                remaining = end - start + 1
-                while remaining:
-                    chunk = f.read(min(remaining, 1 << 20))
+                position, middle = start, size // 2
+                while position <= end:
+                    chunk = f.read(min(end + 1 - position, 1 << 20))
+                    if mode == "corrupt" and position <= middle < position + len(chunk):
+                        flipped = chunk[middle - position] ^ 0xFF
+                        chunk = (
+                            chunk[: middle - position]
+                            + bytes([flipped])
+                            + chunk[middle - position + 1 :]
+                        )
                     self.wfile.write(chunk)
-                    remaining -= len(chunk)
+                    position += len(chunk)
+                    if mode == "slow":
+                        time.sleep(len(chunk) / 64e6)
 
         do_HEAD = do_GET
 

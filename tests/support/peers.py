@@ -1,20 +1,26 @@
-"""Starting the real upstream: the distribution registry with token auth, and its token server.
+"""Starting the real peers: the distribution registry with token auth and its token server,
+the CDN-style front, and the mirror itself under twistd.
 
 Used by the test fixtures and by the benchmarks alike.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
 import attrs
 
-from tests.support.images import Image, Pusher, build_images
+from tests.support.images import Image, Pusher
 from tests.support.processes import Peer, free_port
 from tests.support.tokens import ISSUER, SERVICE, make_pki, sign_token
 
 SUPPORT = Path(__file__).parent
+ROOT = SUPPORT.parent.parent
+CDN_HOST = "127.0.0.2"
+# The registry's access log: combined log format, one line per request.
+_ACCESS = re.compile(r'"(GET|HEAD|POST|PUT|PATCH|DELETE) (\S+) HTTP/[\d.]+" (\d+) .* "([^"]*)"$')
 
 
 @attrs.frozen
@@ -25,19 +31,36 @@ class Upstream:
     key: Path
     cert: Path
     token_log: Path
-    peers: tuple[Peer, ...]
+    registry: Peer
+    tokens: Peer
+
+    @property
+    def address(self) -> str:
+        return self.url.removeprefix("http://")
 
     def token(self, name: str, actions: tuple[str, ...] = ("pull",)) -> str:
         access = [{"type": "repository", "name": name, "actions": list(actions)}]
         return sign_token(self.key, self.cert, access)
 
+    def log_mark(self) -> int:
+        return len(self.registry.output())
+
+    def requests(self, since: int = 0, agent: str = "dockermirror/") -> list[tuple[str, str]]:
+        """(method, path) of the requests the registry logged since a mark, from one user agent."""
+        found = []
+        for line in self.registry.output()[since:].splitlines():
+            match = _ACCESS.search(line)
+            if match and match[4].startswith(agent):
+                found.append((match[1], match[2]))
+        return found
+
     def stop(self) -> None:
-        for peer in self.peers:
-            peer.stop()
+        self.registry.stop()
+        self.tokens.stop()
 
 
-def start_upstream(root: Path, registry_bin: str, images_dir: Path, big_size: int) -> Upstream:
-    """Start the token server and the registry under ``root``; push the test images."""
+def start_upstream(root: Path, registry_bin: str, images: dict[str, Image]) -> Upstream:
+    """Start the token server and the registry under ``root``; push ``images``."""
     key, cert = make_pki(root)
     token_port, registry_port = free_port(), free_port()
     token_log = root / "tokens.jsonl"
@@ -61,8 +84,6 @@ def start_upstream(root: Path, registry_bin: str, images_dir: Path, big_size: in
         f"""version: 0.1
 log:
   level: warn
-  accesslog:
-    disabled: true
 storage:
   filesystem:
     rootdirectory: {storage}
@@ -87,9 +108,74 @@ auth:
         root / "registry.log",
     )
     url = f"http://127.0.0.1:{registry_port}"
-    images = build_images(images_dir, big_size)
-    result = Upstream(url, storage, images, key, cert, token_log, (registry, tokens))
-    pusher = Pusher(url, lambda name: result.token(name, ("pull", "push")))
+    upstream = Upstream(url, storage, images, key, cert, token_log, registry, tokens)
+    pusher = Pusher(url, lambda name: upstream.token(name, ("pull", "push")))
     for image in images.values():
         pusher.push(image)
-    return result
+    return upstream
+
+
+@attrs.frozen
+class Front:
+    url: str
+    peer: Peer
+
+
+def start_front(root: Path, upstream: Upstream, mode: str = "normal") -> Front:
+    """A front that answers blob GETs with 307 to a CDN on 127.0.0.2.
+
+    ``mode`` is "normal", "corrupt" (the CDN flips a byte) or "slow" (64 MB/s).
+    """
+    port, cdn_port = free_port(), free_port(CDN_HOST)
+    registry_port = upstream.url.rpartition(":")[2]
+    args = [str(port), CDN_HOST, str(cdn_port), registry_port, str(upstream.storage), mode]
+    peer = Peer(
+        f"{mode} front",
+        [sys.executable, str(SUPPORT / "fronts.py"), *args],
+        ("127.0.0.1", port),
+        root / f"front-{mode}.log",
+    )
+    return Front(f"http://127.0.0.1:{port}", peer)
+
+
+@attrs.frozen
+class Mirror:
+    port: int
+    peer: Peer
+    cache: Path
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}"
+
+    def stop(self) -> None:
+        self.peer.stop()
+
+
+def start_mirror(root: Path, twistd: str, config: str, cache: Path | None = None) -> Mirror:
+    """``twistd -n dockermirror`` with ``config`` (TOML without [server] and [cache] dir)."""
+    port = free_port()
+    cache = cache or root / "cache"
+    path = root / f"dockermirror-{port}.toml"
+    path.write_text(f'[server]\nports = ["tcp:{port}:interface=127.0.0.1"]\n\n{config}\n')
+    peer = Peer(
+        "mirror",
+        [
+            twistd,
+            "-n",
+            "--pidfile=",
+            "dockermirror",
+            "--config",
+            str(path),
+            "--cache-dir",
+            str(cache),
+        ],
+        ("127.0.0.1", port),
+        root / f"mirror-{port}.log",
+        env={"PYTHONPATH": str(ROOT)},
+    )
+    return Mirror(port, peer, cache)

@@ -66,7 +66,8 @@ class Peer:
 
     def output(self) -> str:
         """The whole log so far."""
-        self._out.flush()
+        if not self._out.closed:
+            self._out.flush()
         return self.log.read_text(errors="replace")
 
     def rss_peak_kib(self) -> int:
