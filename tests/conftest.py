@@ -9,7 +9,6 @@ skopeo, podman and containerd synchronously.
 
 from __future__ import annotations
 
-import shutil
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import cast
 import pytest
 from twisted.logger import ILogObserver, LogLevel, globalLogPublisher
 
+from tests.support.clients import POLICY, require
 from tests.support.images import Image, build_images
 from tests.support.peers import Front, Mirror, Upstream, start_front, start_mirror, start_upstream
 
@@ -42,12 +42,16 @@ def observe_errors() -> Iterator[list[object]]:
     assert errors == [], errors
 
 
-def _require(tool: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        # A missing peer is a failure, never a skip: .ci/run installs them all.
-        pytest.fail(f"{tool} is not installed; run .ci/run, which installs the test peers")
-    return path
+@pytest.fixture(scope="session")
+def containers_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Isolate skopeo and podman from the machine's /etc/containers."""
+    root = tmp_path_factory.mktemp("containers")
+    (root / "policy.json").write_text(POLICY)
+    (root / "registries.conf").write_text("")
+    return {
+        "CONTAINERS_REGISTRIES_CONF": str(root / "registries.conf"),
+        "POLICY": str(root / "policy.json"),
+    }
 
 
 @pytest.fixture(scope="session")
@@ -62,7 +66,7 @@ def upstream(
 ) -> Iterator[Upstream]:
     """The real distribution registry, token auth on, seeded with the suite's images."""
     result = start_upstream(
-        tmp_path_factory.mktemp("upstream"), _require("docker-registry"), images
+        tmp_path_factory.mktemp("upstream"), require("docker-registry"), images
     )
     yield result
     result.stop()
@@ -115,7 +119,7 @@ url = "http://127.0.0.1:{blackhole.getsockname()[1]}"
 idle_timeout = 30
 response_timeout = 3
 """
-    result = start_mirror(root, _require("twistd"), config)
+    result = start_mirror(root, require("twistd"), config)
     yield result
     result.stop()
     blackhole.close()

@@ -5,7 +5,6 @@ Every test here runs against real processes on loopback; none is skipped.
 
 from __future__ import annotations
 
-import filecmp
 import json
 import os
 import shutil
@@ -19,62 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BIG_LAYER, _require
+from tests.conftest import BIG_LAYER
+from tests.support.clients import IMAGES, copy, fetch, require, same_tree, skopeo
 from tests.support.peers import Mirror, Upstream
 from tests.support.processes import Peer
-
-POLICY = '{"default": [{"type": "insecureAcceptAnything"}]}'
-
-
-@pytest.fixture(scope="module")
-def containers_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """Isolate skopeo and podman from the machine's /etc/containers."""
-    root = tmp_path_factory.mktemp("containers")
-    (root / "policy.json").write_text(POLICY)
-    (root / "registries.conf").write_text("")
-    return {
-        "CONTAINERS_REGISTRIES_CONF": str(root / "registries.conf"),
-        "POLICY": str(root / "policy.json"),
-    }
-
-
-def skopeo(
-    env: dict[str, str], *args: str, check: bool = True
-) -> subprocess.CompletedProcess[str]:
-    command = [_require("skopeo"), "--policy", env["POLICY"], *args]
-    result = subprocess.run(
-        command, capture_output=True, text=True, timeout=600, env={**os.environ, **env}
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"{command} failed:\n{result.stderr}")
-    return result
-
-
-def copy(env: dict[str, str], source: str, destination: Path, *extra: str) -> None:
-    skopeo(
-        env,
-        "copy",
-        "--src-tls-verify=false",
-        "--preserve-digests",
-        *extra,
-        source,
-        f"dir:{destination}",
-    )
-
-
-def same_tree(a: Path, b: Path) -> None:
-    names_a, names_b = sorted(p.name for p in a.iterdir()), sorted(p.name for p in b.iterdir())
-    assert names_a == names_b
-    mismatch = filecmp.cmpfiles(a, b, names_a, shallow=False)[1:]
-    assert mismatch == ([], []), mismatch
-
-
-IMAGES = {
-    "schema2": ("library/alpine:latest", ()),
-    "manifest-list": ("library/multiarch:latest", ("--all",)),
-    "oci-index": ("library/ociimage:latest", ("--all",)),
-    "big": ("library/big:latest", ()),
-}
 
 
 @pytest.mark.parametrize("label", sorted(IMAGES))
@@ -88,21 +35,6 @@ def test_skopeo_copy_through_mirror_is_byte_identical(
     copy(containers_env, f"docker://{mirror.address}/{reference}", mirrored, *extra)
     same_tree(direct, mirrored)
     assert len(list(mirrored.iterdir())) >= 3
-
-
-def fetch(
-    url: str, method: str = "GET", headers: dict[str, str] | None = None
-) -> tuple[int, dict[str, str], bytes]:
-    request = urllib.request.Request(url, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return (
-                response.status,
-                {k.lower(): v for k, v in response.headers.items()},
-                response.read(),
-            )
-    except urllib.error.HTTPError as e:
-        return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
 
 
 def oci_error(body: bytes) -> str:
@@ -303,7 +235,7 @@ insecure = true
     run = Path(tempfile.mkdtemp(prefix="podrun"))
     storage = ["--root", str(tmp_path / "root"), "--runroot", str(run)]
     command = [
-        _require("podman"),
+        require("podman"),
         *storage,
         "--storage-driver",
         "vfs",
@@ -332,7 +264,7 @@ insecure = true
 @pytest.fixture(scope="module")
 def containerd() -> Iterator[str]:
     """A private containerd (CRI off); yields its socket path."""
-    binary = _require("containerd")
+    binary = require("containerd")
     # Unix socket paths are limited to 108 bytes: keep the state directory short.
     root = Path(tempfile.mkdtemp(prefix="ctd"))
     socket_path = str(root / "c.sock")
@@ -377,7 +309,7 @@ def test_containerd_pulls_through_hosts_toml(
     )
     before = len(mirror.peer.output())
     command = [
-        _require("ctr"),
+        require("ctr"),
         "--address",
         containerd,
         "images",
@@ -392,7 +324,7 @@ def test_containerd_pulls_through_hosts_toml(
     assert result.returncode == 0, result.stdout + result.stderr
     manifest = upstream.images["schema2"].tags["latest"]
     listing = subprocess.run(
-        [_require("ctr"), "--address", containerd, "images", "ls"],
+        [require("ctr"), "--address", containerd, "images", "ls"],
         capture_output=True,
         text=True,
         timeout=60,

@@ -45,13 +45,13 @@ class Upstream:
     def log_mark(self) -> int:
         return len(self.registry.output())
 
-    def requests(self, since: int = 0, agent: str = "dockermirror/") -> list[tuple[str, str]]:
-        """(method, path) of the requests the registry logged since a mark, from one user agent."""
+    def requests(self, since: int = 0, agent: str = "dockermirror/") -> list[tuple[str, str, int]]:
+        """(method, path, status) of what the registry logged since a mark, from one user agent."""
         found = []
         for line in self.registry.output()[since:].splitlines():
             match = _ACCESS.search(line)
             if match and match[4].startswith(agent):
-                found.append((match[1], match[2]))
+                found.append((match[1], match[2], int(match[3])))
         return found
 
     def stop(self) -> None:
@@ -61,6 +61,7 @@ class Upstream:
 
 def start_upstream(root: Path, registry_bin: str, images: dict[str, Image]) -> Upstream:
     """Start the token server and the registry under ``root``; push ``images``."""
+    root.mkdir(parents=True, exist_ok=True)
     key, cert = make_pki(root)
     token_port, registry_port = free_port(), free_port()
     token_log = root / "tokens.jsonl"
