@@ -117,7 +117,7 @@ def render_homepage(
         # containerd's fallback runs on the client: the registry's public address.
         upstream=escape(WELL_KNOWN.get(registry_name) or str(registry.url.to_text())),
         example=escape(example),
-        short="redis" if docker_hub else escape(example),
+        short="redis" if docker_hub else escape(f"{registry_name}/{example}"),
         version=escape(__version__),
         podman_insecure="\ninsecure = true" if scheme == "http" else "",
         docker_insecure=(
@@ -137,10 +137,12 @@ def render_homepage(
 def _prefix_block(intro: str, host: str, registries: list[str]) -> str:
     if not registries:
         return ""
-    lines = "\n".join(
-        f"docker pull {escape(host)}/{escape(r)}/NAMESPACE/IMAGE" for r in registries[:4]
+    example = "ghcr.io" if "ghcr.io" in registries else registries[0]
+    names = ", ".join(f"<code>{escape(r)}</code>" for r in registries)
+    return (
+        f"<p>{intro} {names}</p>\n"
+        f"<pre><code>docker pull {escape(host)}/{escape(example)}/NAMESPACE/IMAGE</code></pre>"
     )
-    return f"<p>{intro}</p>\n<pre><code>{lines}</code></pre>"
 
 
 @functools.cache
