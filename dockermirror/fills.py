@@ -36,6 +36,9 @@ from dockermirror.streaming import UpstreamBody
 log = Logger()
 
 CHUNK = 64 * 1024
+# Readers following a fill are woken once per this many new bytes, not once per network read:
+# with many readers, per-read wake-ups cost more than the copying.
+NOTIFY_EVERY = 512 * 1024
 
 
 class Fill:
@@ -58,6 +61,7 @@ class Fill:
         self.upstream = upstream
         self.size = size
         self.written = 0
+        self._announced = 0
         self.state = self.RUNNING
         self.readers = 0
         self._clock = clock
@@ -86,6 +90,11 @@ class Fill:
     def when_ended(self, callback: Callable[[Fill], None]) -> None:
         self._ended.append(callback)
 
+    @property
+    def announced(self) -> int:
+        """Bytes on disk that readers have been told of."""
+        return self._announced
+
     def reader_joined(self) -> None:
         self.readers += 1
 
@@ -109,7 +118,8 @@ class Fill:
         self.written += len(data)
         if self._timer is not None and self._timer.active():
             self._timer.reset(self._idle_timeout)
-        self._notify()
+        if self.written - self._announced >= NOTIFY_EVERY:
+            self._notify()
 
     def _finished(self, reason: Failure) -> None:
         if self.state != self.RUNNING:
@@ -158,6 +168,7 @@ class Fill:
             callback(self)
 
     def _notify(self) -> None:
+        self._announced = self.written
         for callback in list(self._listeners):
             callback()
 
@@ -256,7 +267,7 @@ class FileStream:
         if fill is None or fill.state == Fill.COMPLETE:
             return self._end
         # The last byte waits for the digest check: with it, a client would have it all.
-        return min(self._end, fill.written, fill.size - 1)
+        return min(self._end, fill.announced, fill.size - 1)
 
     def _pump(self) -> None:
         while not self._paused and not self._closed:

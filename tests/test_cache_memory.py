@@ -13,6 +13,7 @@ from twisted.python.failure import Failure
 from twisted.web.client import ResponseFailed, ResponseNeverReceived
 from twisted.web.server import NOT_DONE_YET, Request
 
+from dockermirror import fills
 from dockermirror.cache import CachingPuller
 from dockermirror.reference import digest_of
 from tests.fakes import (
@@ -50,6 +51,12 @@ class Manifests:
         request.setHeader(b"content-type", OCI.encode())
         request.setHeader(b"docker-content-digest", digest_of(self.body).encode())
         return self.body
+
+
+@pytest.fixture(autouse=True)
+def wake_readers_often(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test blobs are smaller than the wake-up batch; wake readers on every write."""
+    monkeypatch.setattr(fills, "NOTIFY_EVERY", 1)
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 This is how Docker Hub behaves: blob GETs answer 307 to a signed CDN URL, and
 the CDN (like S3) rejects requests that carry the registry's Authorization.
-Everything else is passed to the real registry.  Usage:
+Everything else is passed to the real registry.  Both log each request to stderr.  Usage:
 
     python fronts.py FRONT_PORT CDN_HOST CDN_PORT REGISTRY_PORT STORAGE_DIR [MODE]
 
@@ -90,9 +90,6 @@ def main() -> None:
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
     class Cdn(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -146,9 +143,6 @@ def main() -> None:
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
 
     cdn = ThreadingHTTPServer((cdn_host, cdn_port), Cdn)
     threading.Thread(target=cdn.serve_forever, daemon=True).start()
