@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from dockermirror.config import ConfigError, build_config, load_toml, parse_assignment, strip_port
+from dockermirror.config import (
+    ConfigError,
+    build_config,
+    load_toml,
+    parse_assignment,
+    parse_size,
+    strip_port,
+)
 
 
 def test_defaults_mirror_docker_hub_on_port_5000() -> None:
@@ -106,6 +113,10 @@ def test_password_file(tmp_path: Path) -> None:
             "upstream.max_connections_per_host: must be a whole",
         ),
         ({"server": {"ports": "tcp:1"}}, "server.ports: must be a list"),
+        ({"cache": {"max_size": "lots"}}, "cache.max_size: 'lots' is not a size"),
+        ({"cache": {"enabled": "yes"}}, "cache.enabled: must be true or false"),
+        ({"cache": {"tag_ttl": -1}}, "cache.tag_ttl: must be a number of seconds"),
+        ({"cache": {"ttl": 1}}, "cache.ttl: unknown key"),
     ],
 )
 def test_errors_name_the_key(data: dict[str, object], message: str) -> None:
@@ -131,3 +142,29 @@ def test_assignments_and_ports() -> None:
     assert strip_port("example.com:5000") == "example.com"
     assert strip_port("[::1]:5000") == "::1"
     assert strip_port("::1") == "::1"
+
+
+def test_cache_settings_and_sizes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("CACHE_DIRECTORY", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    cache = build_config({}).cache
+    assert (cache.enabled, cache.dir, cache.max_size) == (
+        True,
+        str(tmp_path / "dockermirror"),
+        20 * 2**30,
+    )
+    monkeypatch.setenv("CACHE_DIRECTORY", "/var/cache/dockermirror")
+    assert build_config({}).cache.dir == "/var/cache/dockermirror"
+    cache = build_config(
+        {"cache": {"max_size": "1.5 GB", "tag_ttl": 10, "max_stale": 3600, "min_free": 4096}},
+        cache={"enabled": False},
+    ).cache
+    assert (cache.enabled, cache.max_size, cache.tag_ttl, cache.max_stale) == (
+        False,
+        1_500_000_000,
+        10,
+        3600,
+    )
+    assert cache.min_free == 4096
+    assert parse_size("50GiB", "k") == 50 * 2**30
+    assert parse_size("500mb", "k") == 500 * 10**6
