@@ -21,28 +21,17 @@ from twisted.internet.task import Clock
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dockermirror.storage import BlobStore
+from tests.support.clients import client_env, copy
 from tests.support.images import build_images
 from tests.support.peers import Front, Mirror, Upstream, start_front, start_mirror, start_upstream
 
 MIB = 1024 * 1024
 
 
-def skopeo_copy(policy: Path, source: str, target: Path) -> float:
+def skopeo_copy(env: dict[str, str], source: str, target: Path) -> float:
     shutil.rmtree(target, ignore_errors=True)
     started = time.perf_counter()
-    subprocess.run(
-        [
-            "skopeo",
-            "--policy",
-            str(policy),
-            "copy",
-            "--src-tls-verify=false",
-            f"docker://{source}/library/big:latest",
-            f"dir:{target}",
-        ],
-        check=True,
-        capture_output=True,
-    )
+    copy(env, f"docker://{source}/library/big:latest", target)
     return time.perf_counter() - started
 
 
@@ -104,8 +93,7 @@ def main() -> None:
         upstream = start_upstream(root / "upstream", "/usr/bin/docker-registry", images)
         twistd = shutil.which("twistd") or "twistd"
         config = f'[registries."docker.io"]\nurl = "{upstream.url}"\n'
-        policy = root / "policy.json"
-        policy.write_text('{"default": [{"type": "insecureAcceptAnything"}]}')
+        env = client_env(root)
 
         print(f"image: library/big, one {args.size_mib} MiB layer; median of {args.runs} runs")
         layer = max(images["big"].blobs, key=lambda b: b.size)
@@ -126,9 +114,9 @@ def main() -> None:
                 )
                 mirrors.append(mirror)
                 source = f"{mirror.address}/{prefix}"
-                colds.append(skopeo_copy(policy, source, root / "copy"))
+                colds.append(skopeo_copy(env, source, root / "copy"))
                 mark, front_mark = upstream.log_mark(), len(slow.peer.output())
-                warms.append(skopeo_copy(policy, source, root / "copy"))
+                warms.append(skopeo_copy(env, source, root / "copy"))
                 front_requests = slow.peer.output()[front_mark:].count('HTTP/1.1"')
                 upstream_requests.append(len(upstream.requests(mark)) + front_requests)
             cold, warm = statistics.median(colds), statistics.median(warms)

@@ -17,7 +17,6 @@ import argparse
 import hashlib
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.support.clients import client_env, copy
 from tests.support.images import build_images
 from tests.support.peers import start_mirror, start_upstream
 
@@ -86,26 +86,12 @@ def main() -> None:
         print(f"raw GET   direct  {direct:6.2f} s  {size_mb / direct:7.1f} MB/s")
         print(f"raw GET   mirror  {mirrored:6.2f} s  {size_mb / mirrored:7.1f} MB/s")
 
-        policy = root / "policy.json"
-        policy.write_text('{"default": [{"type": "insecureAcceptAnything"}]}')
+        env = client_env(root)
 
         def skopeo(source: str) -> Callable[[], None]:
             def run() -> None:
-                target = root / "copy"
-                shutil.rmtree(target, ignore_errors=True)
-                subprocess.run(
-                    [
-                        "skopeo",
-                        "--policy",
-                        str(policy),
-                        "copy",
-                        "--src-tls-verify=false",
-                        f"docker://{source}/library/big:latest",
-                        f"dir:{target}",
-                    ],
-                    check=True,
-                    capture_output=True,
-                )
+                shutil.rmtree(root / "copy", ignore_errors=True)
+                copy(env, f"docker://{source}/library/big:latest", root / "copy")
 
             return run
 

@@ -17,7 +17,7 @@ from typing import cast
 import pytest
 from twisted.logger import ILogObserver, LogLevel, globalLogPublisher
 
-from tests.support.clients import POLICY, require
+from tests.support.clients import client_env, require
 from tests.support.images import Image, build_images
 from tests.support.peers import Front, Mirror, Upstream, start_front, start_mirror, start_upstream
 
@@ -45,13 +45,7 @@ def observe_errors() -> Iterator[list[object]]:
 @pytest.fixture(scope="session")
 def containers_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Isolate skopeo and podman from the machine's /etc/containers."""
-    root = tmp_path_factory.mktemp("containers")
-    (root / "policy.json").write_text(POLICY)
-    (root / "registries.conf").write_text("")
-    return {
-        "CONTAINERS_REGISTRIES_CONF": str(root / "registries.conf"),
-        "POLICY": str(root / "policy.json"),
-    }
+    return client_env(tmp_path_factory.mktemp("containers"))
 
 
 @pytest.fixture(scope="session")

@@ -24,6 +24,16 @@ def require(tool: str) -> str:
 POLICY = '{"default": [{"type": "insecureAcceptAnything"}]}'
 
 
+def client_env(root: Path) -> dict[str, str]:
+    """Environment that isolates skopeo and podman from the machine's /etc/containers."""
+    (root / "policy.json").write_text(POLICY)
+    (root / "registries.conf").write_text("")
+    return {
+        "CONTAINERS_REGISTRIES_CONF": str(root / "registries.conf"),
+        "POLICY": str(root / "policy.json"),
+    }
+
+
 def skopeo(
     env: dict[str, str], *args: str, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
