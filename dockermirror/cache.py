@@ -31,7 +31,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from dockermirror.config import CacheSettings, Registry, UpstreamSettings
-from dockermirror.errors import RegistryError
+from dockermirror.errors import UNAVAILABLE, RegistryError, render_error
 from dockermirror.fills import ByteRange, FileStream, Fill, Unsatisfiable, parse_range
 from dockermirror.pull import Manifest, Puller, respond_manifest
 from dockermirror.reference import is_digest
@@ -118,9 +118,7 @@ class CachingPuller(Puller):
         stored = self._store.manifest(entry.digest, key) if entry else None
         if entry is None or stored is None or not _acceptable(stored.media_type, accept):
             if request.method == b"HEAD":
-                # Nothing to revalidate: pass the HEAD on (free on Docker Hub), cache nothing.
-                self._count(request, "MISS")
-                return await super().manifest(request, target, reference)
+                return await self._head_miss(request, target, reference, accept)
             return await self._fetch_manifest(request, target, reference, accept, None)
         age = self._clock.seconds() - entry.checked
         if age < self._cache.tag_ttl:
@@ -158,6 +156,22 @@ class CachingPuller(Puller):
             except OSError as e:
                 self._store.report_write_failure(e)
             self._evict_soon()
+        self._count(request, "MISS")
+        return respond_manifest(request, manifest)
+
+    async def _head_miss(
+        self, request: Request, target: Target, reference: str, accept: Sequence[bytes]
+    ) -> bytes:
+        """Pass a HEAD on (free on Docker Hub); remember the tag if its manifest is stored.
+
+        containerd resolves tags with HEAD only, then GETs by digest: from its
+        second pull on, the tag is known, served locally, and served stale when
+        the upstream is down.
+        """
+        manifest = await self._shared_manifest(target, reference, b"HEAD", accept)
+        key = upstream_key(target.registry)
+        if manifest.digest and self._store.manifest(manifest.digest, key) is not None:
+            self._store.set_tag(key, target.name, reference, manifest.digest)
         self._count(request, "MISS")
         return respond_manifest(request, manifest)
 
@@ -271,14 +285,15 @@ class CachingPuller(Puller):
         path = self._store.path(digest)
         if fill is not None and fill.state != Fill.COMPLETE:
             path = fill.temp
-        self._store.readers[digest] += 1
 
         def closed() -> None:
             self._store.readers[digest] -= 1
 
-        return FileStream(
+        stream = FileStream(
             request, path, byte_range, fill, self._clock, self._settings.idle_timeout, closed
         )
+        self._store.readers[digest] += 1  # only once the file is open: closed() will undo it
+        return stream
 
     # Housekeeping
 
@@ -338,10 +353,16 @@ class _CachedBlob(Resource):
             request.setResponseCode(206)
             content_range = f"bytes {byte_range.first}-{byte_range.last}/{self._size}"
             request.setHeader(b"content-range", content_range.encode())
-        request.setHeader(b"content-length", str(byte_range.length).encode())
         if request.method == b"HEAD" or byte_range.length == 0:
+            request.setHeader(b"content-length", str(byte_range.length).encode())
             return b""
-        self._puller.open_stream(request, self._digest, byte_range, self._fill).start()
+        try:
+            stream = self._puller.open_stream(request, self._digest, byte_range, self._fill)
+        except OSError as e:
+            detail = {"digest": self._digest, "error": str(e)}
+            return render_error(request, RegistryError(UNAVAILABLE, detail, status=503))
+        request.setHeader(b"content-length", str(byte_range.length).encode())
+        stream.start()
         return NOT_DONE_YET
 
 

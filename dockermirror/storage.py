@@ -157,7 +157,14 @@ class BlobStore:
             "SELECT size FROM blobs JOIN sources USING (digest) WHERE digest = ? AND upstream = ?",
             (digest, upstream),
         ).fetchone()
-        return None if row is None else int(row[0])
+        if row is None:
+            return None
+        if not self.path(digest).exists():  # removed behind our back: forget it, fetch again
+            log.warn("cached blob {digest} is missing from disk", digest=digest)
+            self._forget({digest})
+            self.total -= row[0]
+            return None
+        return int(row[0])
 
     def manifest(self, digest: str, upstream: str) -> StoredManifest | None:
         row = self.db.execute(

@@ -436,3 +436,34 @@ def test_write_failure_mid_fill_fails_that_pull_then_streams_through(
     response, body = get(harness, BLOB_PATH)
     assert (response.code, body) == (200, BLOB)
     assert not any((Path(harness.config.cache.dir) / "tmp").iterdir())
+
+
+def test_blob_missing_from_disk_is_fetched_again(
+    registry: FakeRegistry, cached: Callable[..., Harness]
+) -> None:
+    harness = cached(registry)
+    get(harness, BLOB_PATH)
+    caching(harness)._store.path(DIGEST).unlink()
+    response, body = get(harness, BLOB_PATH)
+    assert (response.code, outcome(response), body) == (200, "MISS", BLOB)
+    assert caching(harness)._store.total == len(BLOB)
+
+
+def test_tags_resolved_by_head_are_remembered_once_their_manifest_is_stored(
+    registry: FakeRegistry, cached: Callable[..., Harness]
+) -> None:
+    """containerd's way: HEAD the tag, GET by digest; from then on the tag is a hit."""
+    manifests = Manifests(registry)
+    digest = digest_of(manifests.body)
+    registry.handlers[f"/v2/library/redis/manifests/{digest}"] = manifests.handle
+    harness = cached(registry)
+    assert outcome(harness.request("HEAD", "/v2/redis/manifests/7")) == "MISS"
+    get(harness, f"/v2/redis/manifests/{digest}")
+    assert outcome(harness.request("HEAD", "/v2/redis/manifests/7")) == "MISS"
+    before = len(registry.requests)
+    head = harness.request("HEAD", "/v2/redis/manifests/7")
+    assert (outcome(head), head.headers.getRawHeaders("docker-content-digest")) == (
+        "HIT",
+        [digest],
+    )
+    assert len(registry.requests) == before
