@@ -37,7 +37,7 @@ from dockermirror.pull import Manifest, Puller, respond_manifest
 from dockermirror.reference import is_digest
 from dockermirror.routing import Target
 from dockermirror.site import note_cache
-from dockermirror.storage import BlobStore, StoredManifest
+from dockermirror.storage import BlobStorage, StoredManifest
 from dockermirror.streaming import discard
 from dockermirror.upstream import UpstreamClient
 
@@ -92,7 +92,7 @@ class CachingPuller(Puller):
         clients: Mapping[str, UpstreamClient],
         clock: IReactorTime,
         settings: UpstreamSettings,
-        store: BlobStore,
+        store: BlobStorage,
         cache: CacheSettings,
     ) -> None:
         super().__init__(clients, clock, settings)

@@ -30,7 +30,7 @@ from twisted.web.server import Request
 from zope.interface import implementer
 
 from dockermirror.reference import new_hasher
-from dockermirror.storage import BlobStore
+from dockermirror.storage import BlobStorage
 from dockermirror.streaming import UpstreamBody
 
 log = Logger()
@@ -48,7 +48,7 @@ class Fill:
 
     def __init__(
         self,
-        store: BlobStore,
+        store: BlobStorage,
         digest: str,
         upstream: str,
         size: int,

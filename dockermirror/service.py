@@ -19,7 +19,7 @@ from dockermirror.config import MirrorConfig
 from dockermirror.issuer import TokenIssuer
 from dockermirror.pull import Puller
 from dockermirror.site import MirrorSite
-from dockermirror.storage import BlobStore
+from dockermirror.storage import BlobStorage, BlobStore
 from dockermirror.upstream import UpstreamClient
 
 log = Logger()
@@ -55,7 +55,7 @@ class CacheService(Service):
     everything through: a broken disk must not stop pulls.
     """
 
-    def __init__(self, store: BlobStore, puller: CachingPuller, reactor: Any) -> None:
+    def __init__(self, store: BlobStorage, puller: CachingPuller, reactor: Any) -> None:
         self._store = store
         self._loops = [
             (LoopingCall(store.flush), FLUSH_INTERVAL),

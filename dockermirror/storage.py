@@ -30,7 +30,7 @@ import sqlite3
 import uuid
 from collections import Counter
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
@@ -66,6 +66,43 @@ _WRITE_RETRY = 60.0
 _LOW_WATER = 0.9
 
 
+class BlobStorage(Protocol):
+    """What the cache needs of its storage: the seam another backend plugs into.
+
+    Downloads are staged in local temporary files (``new_temp``) and read back
+    from local paths (``path``) while they fill; an object-storage backend keeps
+    that staging and moves verified blobs on ``commit``.
+    """
+
+    directory: Path
+    max_size: int
+    total: int
+    evicted: int
+    readers: Counter[str]
+
+    @property
+    def is_open(self) -> bool: ...
+    def open(self) -> None: ...
+    def close(self) -> None: ...
+    def path(self, digest: str) -> Path: ...
+    def blob_size(self, digest: str, upstream: str) -> int | None: ...
+    def manifest(self, digest: str, upstream: str) -> StoredManifest | None: ...
+    def tag(self, upstream: str, repository: str, tag: str) -> TagEntry | None: ...
+    def touch(self, digest: str) -> None: ...
+    def flush(self) -> None: ...
+    def writable(self) -> bool: ...
+    def report_write_failure(self, error: Exception) -> None: ...
+    def has_room(self, size: int) -> bool: ...
+    def new_temp(self) -> tuple[Path, BinaryIO]: ...
+    def commit(
+        self, temp: Path, digest: str, size: int, upstream: str, media_type: str | None = None
+    ) -> None: ...
+    def put_manifest(self, digest: str, media_type: str, body: bytes, upstream: str) -> None: ...
+    def set_tag(self, upstream: str, repository: str, tag: str, digest: str) -> None: ...
+    def drop_tag(self, upstream: str, repository: str, tag: str) -> None: ...
+    def evict(self, busy: set[str]) -> int: ...
+
+
 @attrs.frozen
 class TagEntry:
     digest: str
@@ -80,6 +117,8 @@ class StoredManifest:
 
 
 class BlobStore:
+    """:class:`BlobStorage` on the local filesystem, indexed in SQLite."""
+
     def __init__(self, directory: Path, clock: IReactorTime, max_size: int, min_free: int) -> None:
         self.directory = directory
         self.max_size = max_size
