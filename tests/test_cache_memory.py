@@ -45,6 +45,12 @@ class Manifests:
         self.failure: tuple[int, str] | None = None
         registry.handlers["/v2/library/redis/manifests/7"] = self.handle
 
+    def serve_by_digest(self, registry: FakeRegistry) -> str:
+        """Also answer for the current body by its digest; return that digest."""
+        digest = digest_of(self.body)
+        registry.handlers[f"/v2/library/redis/manifests/{digest}"] = self.handle
+        return digest
+
     def handle(self, request: Request) -> bytes:
         if self.failure is not None:
             return json_error(request, *self.failure)
@@ -263,8 +269,7 @@ def test_manifest_by_digest_is_immutable(
     registry: FakeRegistry, cached: Callable[..., Harness]
 ) -> None:
     manifests = Manifests(registry)
-    digest = digest_of(manifests.body)
-    registry.handlers[f"/v2/library/redis/manifests/{digest}"] = manifests.handle
+    digest = manifests.serve_by_digest(registry)
     harness = cached(registry)
     get(harness, f"/v2/redis/manifests/{digest}")
     harness.clock.advance(10**6)
@@ -454,8 +459,7 @@ def test_tags_resolved_by_head_are_remembered_once_their_manifest_is_stored(
 ) -> None:
     """containerd's way: HEAD the tag, GET by digest; from then on the tag is a hit."""
     manifests = Manifests(registry)
-    digest = digest_of(manifests.body)
-    registry.handlers[f"/v2/library/redis/manifests/{digest}"] = manifests.handle
+    digest = manifests.serve_by_digest(registry)
     harness = cached(registry)
     assert outcome(harness.request("HEAD", "/v2/redis/manifests/7")) == "MISS"
     get(harness, f"/v2/redis/manifests/{digest}")
