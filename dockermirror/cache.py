@@ -9,7 +9,7 @@
 - When revalidation or a fetch fails (unreachable, timeout, 5xx, 429), a
   cached manifest is served stale, up to ``max_stale``.
 - Every upstream fetch is shared by the requests that want the same thing at
-  the same time.
+  the same time (:class:`~dockermirror.coalesce.Coalescer`).
 
 Content is keyed by upstream identity (URL and user, see
 :func:`upstream_key`): what was pulled with credentials is never served to a
@@ -19,17 +19,16 @@ route without them.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Coroutine, Hashable, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Mapping, Sequence
 
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web.iweb import UNKNOWN_LENGTH
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from dockermirror.coalesce import Coalescer
 from dockermirror.config import CacheSettings, Registry, UpstreamSettings
 from dockermirror.errors import UNAVAILABLE, RegistryError, render_error
 from dockermirror.fills import ByteRange, FileStream, Fill, Unsatisfiable, parse_range
@@ -43,7 +42,6 @@ from dockermirror.upstream import UpstreamClient
 
 log = Logger()
 
-T = TypeVar("T")
 CACHE_HEADER = b"x-dockermirror-cache"
 # Failures of the upstream that a stale manifest may paper over.
 _STALE_STATUSES = {429, 502, 503, 504}
@@ -52,38 +50,6 @@ _STALE_STATUSES = {429, 502, 503, 504}
 def upstream_key(registry: Registry) -> str:
     """The identity content is cached under: the registry's URL and the user it pulls as."""
     return f"{registry.url.to_text()}#{registry.username or ''}"
-
-
-class Coalescer:
-    """One run of an operation per key at a time; callers arriving meanwhile share its result.
-
-    The operation runs on its own, not in any caller's Deferred chain, so a
-    caller that goes away does not cancel it for the others.
-    """
-
-    def __init__(self) -> None:
-        self._waiting: dict[Hashable, list[Deferred[Any]]] = {}
-
-    def run(
-        self, key: Hashable, operation: Callable[[], Coroutine[Any, Any, T]]
-    ) -> tuple[Deferred[T], bool]:
-        """A Deferred for the result, and whether this caller joined a run under way."""
-        waiter: Deferred[T] = Deferred()
-        if key in self._waiting:
-            self._waiting[key].append(waiter)
-            return waiter, True
-        self._waiting[key] = [waiter]
-        ensureDeferred(operation()).addBoth(self._done, key)
-        return waiter, False
-
-    def _done(self, result: object, key: Hashable) -> None:
-        for waiter in self._waiting.pop(key):
-            if waiter.called:  # its caller went away and cancelled it
-                continue
-            if isinstance(result, Failure):
-                waiter.errback(result)
-            else:
-                waiter.callback(result)
 
 
 class CachingPuller(Puller):

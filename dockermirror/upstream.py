@@ -30,6 +30,7 @@ from twisted.web.iweb import IAgent, IResponse
 
 from dockermirror import __version__
 from dockermirror.challenge import Challenge, parse_challenges
+from dockermirror.coalesce import Coalescer
 from dockermirror.config import Registry, UpstreamSettings
 from dockermirror.errors import DENIED, UNAVAILABLE, RegistryError
 from dockermirror.streaming import BodyTooLarge, discard, read_bounded
@@ -69,6 +70,7 @@ class UpstreamClient:
         self._settings = settings
         self._challenge: Challenge | None = None
         self._tokens: dict[str, tuple[bytes, float]] = {}
+        self._token_fetches = Coalescer()
 
     async def request(
         self,
@@ -111,7 +113,10 @@ class UpstreamClient:
         now = self._clock.seconds()
         if cached is not None and not fresh and cached[1] > now:
             return cached[0]
-        token, lifetime = await self._fetch_token(challenge, scope)
+        # Callers that need a token for the same scope at once share one fetch.
+        token, lifetime = await self._token_fetches.run(
+            scope, lambda: self._fetch_token(challenge, scope)
+        )[0]
         if len(self._tokens) >= _MAX_CACHED_TOKENS:
             self._tokens = {k: v for k, v in self._tokens.items() if v[1] > now}
         header = b"Bearer " + token.encode()

@@ -44,6 +44,8 @@ class FakeRegistry(Resource):
         self.token_lifetime = token_lifetime
         self.issued = 0
         self.valid_tokens: set[str] = set()
+        # While set, token requests wait here until release_tokens().
+        self.held_tokens: list[Request] | None = None
 
     def render(self, request: Request) -> bytes | int:
         headers = {
@@ -53,10 +55,10 @@ class FakeRegistry(Resource):
         self.requests.append((request.method.decode(), request.uri.decode(), headers))
         path = request.path.decode()
         if path == "/token":
-            self.issued += 1
-            token = f"token-{self.issued}"
-            self.valid_tokens.add(token)
-            return json.dumps({"token": token, "expires_in": self.token_lifetime}).encode()
+            if self.held_tokens is not None:
+                self.held_tokens.append(request)
+                return NOT_DONE_YET
+            return self._token()
         if self.token_auth and path.startswith("/v2/"):
             sent = headers.get("authorization", [""])[0].removeprefix("Bearer ")
             if sent not in self.valid_tokens:
@@ -69,6 +71,18 @@ class FakeRegistry(Resource):
         if handler is None:
             return json_error(request, 404, "NAME_UNKNOWN")
         return handler(request)
+
+    def _token(self) -> bytes:
+        self.issued += 1
+        token = f"token-{self.issued}"
+        self.valid_tokens.add(token)
+        return json.dumps({"token": token, "expires_in": self.token_lifetime}).encode()
+
+    def release_tokens(self) -> None:
+        held, self.held_tokens = self.held_tokens or [], None
+        for request in held:
+            request.write(self._token())
+            request.finish()
 
     def paths(self, method: str | None = None) -> list[str]:
         return [uri for m, uri, _ in self.requests if method is None or m == method]

@@ -248,6 +248,20 @@ def test_upstream_token_is_fetched_once_and_cached(observe_errors: list[object])
     assert len(registry.paths()) == 1 + 1 + 3
 
 
+def test_concurrent_requests_share_one_token_fetch() -> None:
+    registry = FakeRegistry(token_auth=True)
+    registry.handlers["/v2/library/redis/manifests/7"] = manifest_handler()
+    registry.held_tokens = []
+    harness = Harness(registry)
+    pending = [harness.client.get("http://mirror.test/v2/redis/manifests/7") for _ in range(3)]
+    harness.settle()
+    assert len(registry.held_tokens) == 1
+    registry.release_tokens()
+    harness.settle()
+    assert [result_of(d).code for d in pending] == [200, 200, 200]
+    assert registry.issued == 1
+
+
 def test_expired_upstream_token_is_renewed() -> None:
     registry = FakeRegistry(token_auth=True, token_lifetime=60)
     registry.handlers["/v2/library/redis/manifests/7"] = manifest_handler()
