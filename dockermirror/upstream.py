@@ -249,7 +249,7 @@ def _basic(credentials: tuple[str, str] | None) -> bytes | None:
 
 
 def _upstream_error(registry: Registry, problem: str) -> RegistryError:
-    log.warn("upstream {registry}: {problem}", registry=registry.name, problem=problem)
+    # Logged once, with the request it failed, where the app renders it.
     return RegistryError(
         UNAVAILABLE,
         {"registry": registry.name, "problem": problem},
