@@ -20,7 +20,9 @@ from pathlib import Path
 from twisted.internet.task import Clock
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from dockermirror.storage import BlobStore
+from dockermirror.storage.filesystem import FilesystemStorage
+from dockermirror.storage.index import Index
+from dockermirror.storage.workers import InlineWorker
 from tests.support.clients import client_env, copy
 from tests.support.images import build_images
 from tests.support.peers import Front, Mirror, Upstream, start_front, start_mirror, start_upstream
@@ -48,27 +50,30 @@ def stampede(url: str, clients: int) -> float:
 
 
 def index_load(blobs: int) -> float:
-    """Seconds for BlobStore.open() over an index (and files) of ``blobs`` blobs."""
+    """Seconds for FilesystemStorage.open() over an index (and files) of ``blobs`` blobs."""
     root = Path(tempfile.mkdtemp(prefix="dm-index-"))
+
+    def storage() -> FilesystemStorage:
+        return FilesystemStorage(
+            root, Clock(), 10**15, 0, lookups=InlineWorker(), writes=InlineWorker()
+        )
+
     try:
-        store = BlobStore(root, Clock(), 10**15, 0)
-        store.open()
-        rows = []
+        index = Index(root / "index.sqlite", writer=True)
+        index.connect()
+        first = storage()
         for i in range(blobs):
             digest = "sha256:" + hashlib.sha256(str(i).encode()).hexdigest()
-            path = store.path(digest)
+            path = first.path(digest)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(b"x")
-            rows.append((digest, 1, float(i), None))
-        with store.db:
-            store.db.executemany("INSERT INTO blobs VALUES (?, ?, ?, ?)", rows)
-            store.db.executemany("INSERT INTO sources VALUES (?, 'u')", [(r[0],) for r in rows])
-        store.close()
-        again = BlobStore(root, Clock(), 10**15, 0)
+            index.add_blob(digest, 1, "u", None, float(i))
+        index.close()
+        again = storage()
         started = time.perf_counter()
         again.open()
         elapsed = time.perf_counter() - started
-        assert again.total == blobs
+        assert again.is_open and again.total == blobs
         again.close()
         return elapsed
     finally:

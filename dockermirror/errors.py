@@ -1,16 +1,15 @@
-"""The OCI error codes the mirror speaks, one exception type, and the one place that renders them.
+"""The OCI error codes the mirror speaks and the one exception type that carries them.
 
 Codes and statuses follow the distribution-spec "Error Codes" table, plus the
-UNAVAILABLE and TOOMANYREQUESTS codes that distribution registers.
+UNAVAILABLE and TOOMANYREQUESTS codes that distribution registers.  Every layer
+raises :class:`RegistryError`; only :mod:`dockermirror.web.errors` renders it.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 
 import attrs
-from twisted.web.iweb import IRequest
 
 
 @attrs.frozen
@@ -68,25 +67,16 @@ class RegistryError(Exception):
         *,
         status: int | None = None,
         message: str | None = None,
-        headers: Iterable[tuple[bytes, bytes]] = (),
+        retry_after: str | None = None,
     ) -> None:
         super().__init__(code.code, detail)
         self.code = code
         self.detail = detail
         self.status = status if status is not None else code.status
         self.message = message if message is not None else code.message
-        self.headers = tuple(headers)
+        # Seconds (or an HTTP date) after which a TOOMANYREQUESTS client may try again.
+        self.retry_after = retry_after
 
     def body(self) -> bytes:
         error = {"code": self.code.code, "message": self.message, "detail": self.detail}
         return json.dumps({"errors": [error]}).encode()
-
-
-def render_error(request: IRequest, error: RegistryError) -> bytes:
-    """Set status and headers for ``error`` on ``request`` and return the body."""
-    request.setResponseCode(error.status)
-    request.responseHeaders.setRawHeaders(b"content-type", [b"application/json"])
-    request.responseHeaders.removeHeader(b"content-length")
-    for name, value in error.headers:
-        request.responseHeaders.setRawHeaders(name, [value])
-    return error.body()

@@ -1,26 +1,28 @@
-"""Service wiring: upstream clients and their pools, the cache and its housekeeping, the site."""
+"""Service wiring: upstream pools and clients, the registry stack, the cache's upkeep, the site."""
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from dockermirror.app import MirrorApp
-from dockermirror.cache import CachingPuller
+from dockermirror.auth.tokens import TokenIssuer
 from dockermirror.config import MirrorConfig
-from dockermirror.issuer import TokenIssuer
-from dockermirror.pull import Puller
-from dockermirror.site import MirrorSite
-from dockermirror.storage import BlobStorage, BlobStore
-from dockermirror.upstream import UpstreamClient
+from dockermirror.registry.caching import CachingRegistry
+from dockermirror.registry.model import Registry
+from dockermirror.registry.upstream import UpstreamRegistry
+from dockermirror.storage.filesystem import FilesystemStorage
+from dockermirror.storage.workers import ThreadWorker, Worker
+from dockermirror.upstream.client import UpstreamClient
+from dockermirror.web.app import MirrorApp
+from dockermirror.web.site import MirrorSite
 
 log = Logger()
 
@@ -49,57 +51,84 @@ class UpstreamPools(Service):
 
 
 class CacheService(Service):
-    """Opens the store before the mirror listens; flushes, evicts and reports while it runs.
+    """Opens the storage before the mirror listens; flushes, evicts and reports while it runs.
 
-    A cache directory that cannot be opened is logged and the mirror streams
-    everything through: a broken disk must not stop pulls.
+    A storage that cannot be opened is logged and the mirror streams everything
+    through: a broken disk must not stop pulls.  Until it is open (the index is
+    checked against the files at start), pulls stream through too.
     """
 
-    def __init__(self, store: BlobStorage, puller: CachingPuller, reactor: Any) -> None:
-        self._store = store
+    def __init__(self, storage: FilesystemStorage, cache: CachingRegistry, reactor: Any) -> None:
+        self._storage = storage
         self._loops = [
-            (LoopingCall(store.flush), FLUSH_INTERVAL),
-            (LoopingCall(puller.evict), HOUSEKEEPING_INTERVAL),
-            (LoopingCall(puller.log_stats), HOUSEKEEPING_INTERVAL),
+            (LoopingCall(_surviving, "flush", storage.flush), FLUSH_INTERVAL),
+            (LoopingCall(_surviving, "eviction", cache.evict), HOUSEKEEPING_INTERVAL),
+            (LoopingCall(_surviving, "stats", cache.log_stats), HOUSEKEEPING_INTERVAL),
         ]
         for loop, _ in self._loops:
             loop.clock = reactor
 
     def startService(self) -> None:
         super().startService()
-        try:
-            self._store.open()
-        except (OSError, sqlite3.Error) as e:
-            log.error(
-                "cannot open the cache in {directory}: {error}; streaming everything through",
-                directory=str(self._store.directory),
-                error=str(e),
-            )
-            return
-        for loop, interval in self._loops:
-            loop.start(interval, now=False)
+        self._storage.open().addCallbacks(self._opened, self._not_opened)
 
-    def stopService(self) -> None:
+    def _opened(self, _: object) -> None:
+        if self.running:
+            for loop, interval in self._loops:
+                loop.start(interval, now=False)
+
+    def _not_opened(self, failure: Failure) -> None:
+        log.error(
+            "cannot open the cache in {directory}: {error}; streaming everything through",
+            directory=str(self._storage.directory),
+            error=failure.getErrorMessage(),
+        )
+
+    def stopService(self) -> Deferred[None]:
         super().stopService()
         for loop, _ in self._loops:
             if loop.running:
                 loop.stop()
-        self._store.close()
+        return self._storage.close()
 
 
-def build_puller(
-    config: MirrorConfig, reactor: Any, clients: Mapping[str, UpstreamClient]
-) -> tuple[Puller, CacheService | None]:
-    """The pull path: caching unless the cache is off, with the service that tends the cache."""
+def _surviving(name: str, task: Callable[[], object]) -> Deferred[None]:
+    """Run one round of a housekeeping loop; an error is logged and the loop goes on."""
+
+    def failed(failure: Failure) -> None:
+        log.failure("cache {task} failed", failure, task=name)
+
+    return maybeDeferred(task).addCallbacks(lambda _: None, failed)
+
+
+def build_registry(
+    config: MirrorConfig,
+    reactor: Any,
+    clients: Mapping[str, UpstreamClient],
+    worker: Callable[[str], Worker] | None = None,
+) -> tuple[Registry, CacheService | None]:
+    """The registry stack: the upstream, wrapped by the cache unless it is off.
+
+    ``worker`` makes the storage's worker for a name (default: a thread of its own).
+    """
+    upstream = UpstreamRegistry(clients, config.upstream)
     if not config.cache.enabled:
-        return Puller(clients, reactor, config.upstream), None
+        return upstream, None
+    make_worker = worker or (lambda name: ThreadWorker(reactor, name))
     settings = config.cache
-    store = BlobStore(Path(settings.dir), reactor, settings.max_size, settings.min_free)
-    puller = CachingPuller(clients, reactor, config.upstream, store, settings)
-    return puller, CacheService(store, puller, reactor)
+    storage = FilesystemStorage(
+        Path(settings.dir),
+        reactor,
+        settings.max_size,
+        settings.min_free,
+        lookups=make_worker("dockermirror-index-lookups"),
+        writes=make_worker("dockermirror-index-writes"),
+    )
+    cache = CachingRegistry(upstream, storage, reactor, settings, config.upstream.idle_timeout)
+    return cache, CacheService(storage, cache, reactor)
 
 
-def build_site(config: MirrorConfig, reactor: Any, puller: Puller) -> MirrorSite:
-    app = MirrorApp(config, puller, TokenIssuer(reactor))
+def build_site(config: MirrorConfig, reactor: Any, registry: Registry) -> MirrorSite:
+    app = MirrorApp(config, registry, TokenIssuer(reactor))
     # Twisted keeps idle client connections for 12 hours by default; a public mirror should not.
     return MirrorSite(app.resource(), timeout=IDLE_CLIENT_TIMEOUT, reactor=reactor)

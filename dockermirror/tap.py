@@ -10,7 +10,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
 from dockermirror.config import ConfigError, build_config, load_toml, parse_assignment
-from dockermirror.service import UpstreamPools, build_puller, build_site
+from dockermirror.service import UpstreamPools, build_registry, build_site
 
 
 class Options(usage.Options):
@@ -86,11 +86,11 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     top = MultiService()
     pools = UpstreamPools(config, reactor)
     pools.setServiceParent(top)
-    puller, cache = build_puller(config, reactor, pools.clients)
+    registry, cache = build_registry(config, reactor, pools.clients)
     if cache is not None:
-        # Before the listeners: the store is open by the time the first request comes.
+        # Before the listeners, so that it stops after them and its storage opens first.
         cache.setServiceParent(top)
-    site = build_site(config, reactor, puller)
+    site = build_site(config, reactor, registry)
     for port in config.ports:
         listener = strports.service(port, site, reactor=reactor)
         listener.setServiceParent(top)

@@ -19,8 +19,9 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from dockermirror.config import MirrorConfig, build_config
-from dockermirror.service import build_puller, build_site
-from dockermirror.upstream import UpstreamClient
+from dockermirror.service import build_registry, build_site
+from dockermirror.storage.workers import InlineWorker
+from dockermirror.upstream.client import UpstreamClient
 
 Handler = Callable[[Request], bytes | int]
 
@@ -127,12 +128,18 @@ class Harness:
             )
             for name, registry_config in self.config.registries.items()
         }
-        self.puller, self.cache = build_puller(self.config, self.clock, self.clients)
+        # Storage work runs inline: the fake clock has no threads.
+        self.registry_stack, self.cache = build_registry(
+            self.config, self.clock, self.clients, worker=lambda name: InlineWorker()
+        )
         if self.cache is not None:
             self.cache.startService()
-        site = build_site(self.config, self.clock, self.puller)
+        self.site = build_site(self.config, self.clock, self.registry_stack)
         # StubTreq builds its methods at run time; mypy cannot see them.
-        self.client: Any = StubTreq(site.resource)
+        self.client: Any = StubTreq(self.site.resource)
+        # Serve through the mirror's own Site (its request type, access log and channel), not
+        # the plain Site that treq's in-memory agent builds.
+        self.client._agent._serverFactory = self.site
 
     def settle(self) -> None:
         for _ in range(20):

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from dockermirror.homepage import choose_language
+from dockermirror.web.homepage import choose_language
 from tests.fakes import FakeRegistry, Harness
 
 

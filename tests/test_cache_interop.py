@@ -234,6 +234,8 @@ def test_sigkill_during_a_fill_leaves_nothing_behind(
         second = new_mirror(config, cache=first.cache)
         assert leftovers(second) == []
         assert read_verified(second.url + path) == digest
+        # The index row is written in the background, just after the client has its bytes.
+        wait_for(lambda: digest in stored(second))
         assert stored(second)[digest] == size
         assert leftovers(second) == []
     finally:

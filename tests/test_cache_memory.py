@@ -13,9 +13,10 @@ from twisted.python.failure import Failure
 from twisted.web.client import ResponseFailed, ResponseNeverReceived
 from twisted.web.server import NOT_DONE_YET, Request
 
-from dockermirror import fills
-from dockermirror.cache import CachingPuller
 from dockermirror.reference import digest_of
+from dockermirror.registry import fills
+from dockermirror.registry.caching import CachingRegistry
+from dockermirror.storage.filesystem import FilesystemStorage
 from tests.fakes import (
     FakeRegistry,
     Harness,
@@ -81,9 +82,15 @@ def cached(tmp_path: Path) -> Callable[..., Harness]:
     return make
 
 
-def caching(harness: Harness) -> CachingPuller:
-    assert isinstance(harness.puller, CachingPuller)
-    return harness.puller
+def caching(harness: Harness) -> CachingRegistry:
+    assert isinstance(harness.registry_stack, CachingRegistry)
+    return harness.registry_stack
+
+
+def storage(harness: Harness) -> FilesystemStorage:
+    store = caching(harness).storage
+    assert isinstance(store, FilesystemStorage)
+    return store
 
 
 def outcome(response: Any) -> str:
@@ -202,7 +209,7 @@ def test_clients_of_a_corrupt_fill_never_see_a_complete_blob(
     for body in bodies:
         assert len(body) == 1 and isinstance(body[0], Failure)
         assert body[0].check(ResponseFailed)
-    assert not caching(harness)._store.path(DIGEST).exists()
+    assert not storage(harness).path(DIGEST).exists()
 
 
 def test_corrupt_upstream_blob_is_never_stored(
@@ -380,7 +387,7 @@ def test_least_recently_used_blobs_are_evicted(cached: Callable[..., Harness]) -
     for digest in order[3:]:
         get(harness, f"/v2/redis/blobs/{digest}")
         harness.clock.advance(1)  # eviction runs in a later turn, off the request path
-    store = caching(harness)._store
+    store = storage(harness)
     assert store.total <= 3 * len(BLOB) + 10
     kept = {d for d in blobs if store.path(d).exists()}
     assert order[0] in kept and order[4] in kept
@@ -406,7 +413,7 @@ def test_full_disk_streams_through(registry: FakeRegistry, cached: Callable[...,
     harness = cached(registry, min_free="1000TiB")
     response, body = get(harness, BLOB_PATH)
     assert (response.code, outcome(response), body) == (200, "MISS", BLOB)
-    assert not caching(harness)._store.path(DIGEST).exists()
+    assert not storage(harness).path(DIGEST).exists()
 
 
 def test_write_failure_mid_fill_fails_that_pull_then_streams_through(
@@ -414,11 +421,12 @@ def test_write_failure_mid_fill_fails_that_pull_then_streams_through(
 ) -> None:
     upstream = SlowBlob(registry)
     harness = cached(registry)
-    store = caching(harness)._store
-    real_new_temp = store.new_temp
+    store = storage(harness)
+    real_begin_write = store.begin_write
 
-    def disk_fills_up() -> Any:
-        path, file = real_new_temp()
+    def disk_fills_up(digest: str, size: int, upstream: str) -> Any:
+        writer = real_begin_write(digest, size, upstream)
+        file = writer._file
         real_write = file.write
 
         def write(data: bytes) -> int:
@@ -427,9 +435,9 @@ def test_write_failure_mid_fill_fails_that_pull_then_streams_through(
             return real_write(data)
 
         monkeypatch.setattr(file, "write", write)
-        return path, file
+        return writer
 
-    monkeypatch.setattr(store, "new_temp", disk_fills_up)
+    monkeypatch.setattr(store, "begin_write", disk_fills_up)
     d = harness.client.get("http://mirror.test" + BLOB_PATH)
     harness.settle()
     upstream.release()
@@ -448,10 +456,10 @@ def test_blob_missing_from_disk_is_fetched_again(
 ) -> None:
     harness = cached(registry)
     get(harness, BLOB_PATH)
-    caching(harness)._store.path(DIGEST).unlink()
+    storage(harness).path(DIGEST).unlink()
     response, body = get(harness, BLOB_PATH)
     assert (response.code, outcome(response), body) == (200, "MISS", BLOB)
-    assert caching(harness)._store.total == len(BLOB)
+    assert storage(harness).total == len(BLOB)
 
 
 def test_tags_resolved_by_head_are_remembered_once_their_manifest_is_stored(

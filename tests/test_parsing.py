@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from dockermirror.challenge import Challenge, parse_challenges
+from dockermirror.auth.tokens import parse_scope
 from dockermirror.config import MirrorConfig, build_config
 from dockermirror.errors import RegistryError
-from dockermirror.issuer import parse_scope
 from dockermirror.reference import (
     ApiPath,
     Endpoint,
@@ -17,6 +16,7 @@ from dockermirror.reference import (
     validate_reference,
 )
 from dockermirror.routing import route_request
+from dockermirror.upstream.challenge import Challenge, parse_challenges
 
 SHA = "sha256:" + "a" * 64
 

@@ -20,7 +20,9 @@ from twisted.plugin import getPlugins
 from twisted.python.usage import UsageError
 from zope.interface.verify import verifyObject
 
+from dockermirror import service as service_module
 from dockermirror.service import CacheService, UpstreamPools
+from dockermirror.storage.workers import InlineWorker
 from dockermirror.tap import Options, makeService
 from tests.support.processes import free_port
 
@@ -120,7 +122,11 @@ def test_option_errors(argv: list[str], message: str) -> None:
     assert message in str(error.value)
 
 
-def test_make_service_listens_on_every_port_and_closes_pools(tmp_path: Path) -> None:
+def test_make_service_listens_on_every_port_and_closes_pools(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A memory reactor runs no threads: the storage's work runs inline.
+    monkeypatch.setattr(service_module, "ThreadWorker", lambda reactor, name: InlineWorker())
     options = Options()
     ports = ["--port", "tcp:0", "--port", "tcp:0:interface=127.0.0.1"]
     options.parseOptions([*ports, "--cache-dir", str(tmp_path / "cache")])
@@ -132,7 +138,7 @@ def test_make_service_listens_on_every_port_and_closes_pools(tmp_path: Path) -> 
     pools = [s for s in service if isinstance(s, UpstreamPools)]
     assert len(pools) == 1
     assert set(pools[0].pools) >= {"docker.io", "ghcr.io", "quay.io"}
-    # The cache starts before the listeners, so its store is open for the first request.
+    # The cache starts before the listeners, so its storage opens before the first request.
     kinds = [type(s) for s in service]
     assert kinds.index(CacheService) < len(kinds) - 2
     assert (tmp_path / "cache" / "index.sqlite").exists()

@@ -127,10 +127,11 @@ def test_upstream_dying_mid_blob_aborts_the_client(registry: FakeRegistry) -> No
     assert_pull_fails(Harness(registry), f"/v2/redis/blobs/{BLOB_DIGEST}")
 
 
-def test_upstream_dying_mid_list_aborts_the_client(registry: FakeRegistry) -> None:
-    """Bodies that are not digest-checked still never end cleanly when the upstream fails."""
+def test_upstream_dying_mid_list_is_a_502(registry: FakeRegistry) -> None:
+    """A tag list is read whole before the client gets an answer: a cut one is an OCI error."""
     registry.handlers["/v2/library/redis/tags/list"] = dying_handler(b'{"name":"library/redis",')
-    assert_pull_fails(Harness(registry), "/v2/redis/tags/list")
+    harness = Harness(registry)
+    assert harness.error(harness.request("GET", "/v2/redis/tags/list")) == (502, "UNAVAILABLE")
 
 
 def test_blob_range_is_forwarded_and_not_digest_checked(registry: FakeRegistry) -> None:

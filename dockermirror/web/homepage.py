@@ -147,4 +147,4 @@ def _prefix_block(intro: str, host: str, registries: list[str]) -> str:
 
 @functools.cache
 def _template() -> str:
-    return (importlib.resources.files("dockermirror") / "templates" / "index.html").read_text()
+    return (importlib.resources.files("dockermirror.web") / "templates" / "index.html").read_text()

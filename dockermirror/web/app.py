@@ -1,7 +1,7 @@
 """The mirror's HTTP surface: the usage page, the registry API base, its token endpoint and pulls.
 
 A pull reads top to bottom in :meth:`MirrorApp.api`: parse the path, route it to
-an upstream, then let the :class:`~dockermirror.pull.Puller` answer it.
+an upstream, ask the :class:`~dockermirror.registry.model.Registry`, render.
 """
 
 from __future__ import annotations
@@ -14,24 +14,19 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
-from twisted.web.server import Request
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
+from dockermirror.auth.tokens import TokenIssuer
 from dockermirror.config import MirrorConfig, strip_port
-from dockermirror.errors import (
-    NAME_UNKNOWN,
-    UNAUTHORIZED,
-    UNKNOWN,
-    UNSUPPORTED,
-    RegistryError,
-    render_error,
-)
-from dockermirror.homepage import choose_language, render_homepage
-from dockermirror.issuer import SERVICE, TokenIssuer
-from dockermirror.pull import Puller, query_values
+from dockermirror.errors import NAME_UNKNOWN, UNAUTHORIZED, UNKNOWN, UNSUPPORTED, RegistryError
 from dockermirror.reference import Endpoint, parse_api_path, validate_digest, validate_reference
+from dockermirror.registry.model import Registry
 from dockermirror.routing import route_request
-from dockermirror.site import note_route
+from dockermirror.web.errors import render_error
+from dockermirror.web.homepage import choose_language, render_homepage
+from dockermirror.web.requests import header, header_values, host, query_value, query_values
+from dockermirror.web.responses import render_blob, render_manifest, render_referrers, render_tags
+from dockermirror.web.site import MirrorRequest
 
 log = Logger()
 
@@ -42,9 +37,9 @@ _API_VERSION = (b"docker-distribution-api-version", [b"registry/2.0"])
 class MirrorApp:
     app = Klein()
 
-    def __init__(self, config: MirrorConfig, puller: Puller, issuer: TokenIssuer) -> None:
+    def __init__(self, config: MirrorConfig, registry: Registry, issuer: TokenIssuer) -> None:
         self._config = config
-        self._puller = puller
+        self._registry = registry
         self._issuer = issuer
 
     def resource(self) -> IResource:
@@ -52,41 +47,41 @@ class MirrorApp:
         return resource
 
     @app.route("/", methods=["GET", "HEAD"])
-    def home(self, request: Request) -> bytes:
-        host = _host(request)
+    def home(self, request: MirrorRequest) -> bytes:
+        client_host = host(request)
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
         request.setHeader(b"vary", b"Accept-Language, Host")
         return render_homepage(
             self._config,
-            self._config.registry_for_host(strip_port(host.lower())),
-            host,
+            self._config.registry_for_host(strip_port(client_host.lower())),
+            client_host,
             "https" if request.isSecure() else "http",
-            choose_language(_header(request, b"accept-language")),
+            choose_language(header(request, b"accept-language")),
         )
 
     @app.route("/v2", methods=["GET", "HEAD"])
     @app.route("/v2/", methods=["GET", "HEAD"])
-    def base(self, request: Request) -> bytes:
+    def base(self, request: MirrorRequest) -> bytes:
         _api_headers(request)
         self._check_token(request)
         request.setHeader(b"content-type", b"application/json")
         return b"{}"
 
     @app.route("/v2/auth", methods=["GET"])
-    def auth(self, request: Request) -> bytes:
+    def auth(self, request: MirrorRequest) -> bytes:
         _api_headers(request)
-        host, ns = _host(request), _ns(request)
+        client_host, ns = host(request), query_value(request, "ns")
         # Clients send one scope per parameter; some put several in one, space-separated.
         scopes = [s for v in query_values(request, "scope") for s in v.split(" ") if s]
         token = self._issuer.issue(
-            scopes, lambda name: route_request(self._config, host, name, ns).label
+            scopes, lambda name: route_request(self._config, client_host, name, ns).label
         )
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
         return json.dumps(token).encode()
 
     @app.route("/v2/<path:rest>", methods=ALL_METHODS)
-    async def api(self, request: Request, rest: str) -> bytes | IResource:
+    async def api(self, request: MirrorRequest, rest: str) -> bytes | IResource:
         _api_headers(request)
         if request.method not in (b"GET", b"HEAD"):
             raise RegistryError(
@@ -96,28 +91,32 @@ class MirrorApp:
         if path.endpoint in (Endpoint.UPLOAD, Endpoint.CATALOG):
             raise RegistryError(UNSUPPORTED, {"endpoint": path.endpoint.value})
         self._check_token(request)
-        target = route_request(self._config, _host(request), path.name, _ns(request))
-        note_route(request, target.label)
+        target = route_request(self._config, host(request), path.name, query_value(request, "ns"))
+        request.route = target.label
+        head = request.method == b"HEAD"
         if path.endpoint is Endpoint.MANIFEST:
-            return await self._puller.manifest(request, target, validate_reference(path.reference))
+            reference = validate_reference(path.reference)
+            accept = header_values(request, b"accept")
+            manifest = await self._registry.manifest(target, reference, accept, head=head)
+            return render_manifest(request, manifest)
         if path.endpoint is Endpoint.BLOB:
-            return await self._puller.blob(request, target, validate_digest(path.reference))
+            source = await self._registry.blob(target, validate_digest(path.reference))
+            return await render_blob(request, source)
         if path.endpoint is Endpoint.REFERRERS:
-            return await self._puller.referrers(request, target, validate_digest(path.reference))
-        return await self._puller.tags(request, target)
+            digest = validate_digest(path.reference)
+            artifact_type = query_value(request, "artifactType")
+            referrers = await self._registry.referrers(target, digest, artifact_type)
+            return render_referrers(request, referrers)
+        page = await self._registry.tags(
+            target, query_value(request, "n"), query_value(request, "last")
+        )
+        return render_tags(request, page, target)
 
-    def _check_token(self, request: Request) -> None:
+    def _check_token(self, request: MirrorRequest) -> None:
         """A Bearer token, if sent, must be one of ours and current (the mirror asks none yet)."""
-        authorization = _header(request, b"authorization") or ""
-        scheme, _, token = authorization.partition(" ")
+        scheme, _, token = (header(request, b"authorization") or "").partition(" ")
         if scheme.lower() == "bearer" and self._issuer.verify(token.strip()) is None:
-            realm = f"{'https' if request.isSecure() else 'http'}://{_host(request)}/v2/auth"
-            challenge = f'Bearer realm="{realm}",service="{SERVICE}"'.encode()
-            raise RegistryError(
-                UNAUTHORIZED,
-                message="invalid or expired token",
-                headers=[(b"www-authenticate", challenge)],
-            )
+            raise RegistryError(UNAUTHORIZED, message="invalid or expired token")
 
     @app.handle_errors(RegistryError)
     def registry_error(self, request: IRequest, failure: Failure) -> bytes:
@@ -160,19 +159,5 @@ class MirrorApp:
         return render_error(request, RegistryError(UNKNOWN))
 
 
-def _api_headers(request: Request) -> None:
+def _api_headers(request: MirrorRequest) -> None:
     request.responseHeaders.setRawHeaders(*_API_VERSION)
-
-
-def _header(request: Request, name: bytes) -> str | None:
-    value = request.getHeader(name)
-    return None if value is None else value.decode("latin-1")
-
-
-def _host(request: Request) -> str:
-    return _header(request, b"host") or ""
-
-
-def _ns(request: Request) -> str | None:
-    values = query_values(request, "ns")
-    return values[0] if values else None

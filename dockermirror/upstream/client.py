@@ -29,11 +29,13 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IResponse
 
 from dockermirror import __version__
-from dockermirror.challenge import Challenge, parse_challenges
 from dockermirror.coalesce import Coalescer
 from dockermirror.config import Registry, UpstreamSettings
-from dockermirror.errors import DENIED, UNAVAILABLE, RegistryError
-from dockermirror.streaming import BodyTooLarge, discard, read_bounded
+from dockermirror.errors import DENIED, RegistryError
+from dockermirror.upstream.body import BodyTooLarge
+from dockermirror.upstream.challenge import Challenge, parse_challenges
+from dockermirror.upstream.errors import upstream_error
+from dockermirror.upstream.response import UpstreamResponse
 
 log = Logger()
 
@@ -80,7 +82,7 @@ class UpstreamClient:
         *,
         query: Iterable[tuple[str, str]] = (),
         headers: Mapping[bytes, Sequence[bytes]] | None = None,
-    ) -> IResponse:
+    ) -> UpstreamResponse:
         """``METHOD <registry>/v2/<name>/<path...>?<query>``, authenticated to pull ``name``."""
         # Names, tags and digests are validated against the reference grammar and need no
         # escaping; a DecodedURL would escape the ":" of a digest, which registries need not undo.
@@ -93,7 +95,7 @@ class UpstreamClient:
         if response.code != 401:
             return response
         challenge = _usable_challenge(response)
-        discard(response)
+        response.discard()
         if challenge is None:
             return response
         # The registry challenged us: remember how it wants to be asked, and ask once more.
@@ -130,7 +132,7 @@ class UpstreamClient:
         except ValueError:
             url = None
         if url is None or url.scheme not in ("http", "https") or not url.host:
-            raise _upstream_error(self.registry, f"unusable token realm {realm!r}")
+            raise upstream_error(self.registry.name, 502, f"unusable token realm {realm!r}")
         if challenge.params.get("service"):
             url = url.add("service", quote(challenge.params["service"], safe=""))
         url = url.add("scope", quote(scope, safe=""))
@@ -140,9 +142,9 @@ class UpstreamClient:
             headers[b"authorization"] = [basic]
         response = await self._send(b"GET", url, headers, None)
         try:
-            body = await read_bounded(response, _MAX_TOKEN_BYTES)
+            body = await response.collect(_MAX_TOKEN_BYTES)
         except BodyTooLarge:
-            raise _upstream_error(self.registry, "token response too large") from None
+            raise upstream_error(self.registry.name, 502, "token response too large") from None
         if response.code in (401, 403):
             raise RegistryError(
                 DENIED,
@@ -156,7 +158,9 @@ class UpstreamClient:
         except (ValueError, AttributeError, TypeError):
             token = None
         if response.code != 200 or not isinstance(token, str) or not token:
-            raise _upstream_error(self.registry, f"token endpoint answered {response.code}")
+            raise upstream_error(
+                self.registry.name, 502, f"token endpoint answered {response.code}"
+            )
         log.debug("token for {registry} {scope}", registry=self.registry.name, scope=scope)
         return token, lifetime
 
@@ -166,7 +170,7 @@ class UpstreamClient:
         url: EncodedURL,
         headers: Mapping[bytes, Sequence[bytes]],
         authorization: bytes | None,
-    ) -> IResponse:
+    ) -> UpstreamResponse:
         """One request, following up to MAX_REDIRECTS redirects by hand.
 
         Redirect targets (Docker Hub's CDN, S3) never get the registry's
@@ -179,19 +183,23 @@ class UpstreamClient:
             response = await self._once(method, url, sent)
             if response.code not in _REDIRECT_CODES:
                 return response
-            location = response.headers.getRawHeaders(b"location", [b""])[0]
-            discard(response)
+            location = response.header("location") or ""
+            response.discard()
             try:
-                url = url.click(EncodedURL.from_text(location.decode("ascii")))
-            except (ValueError, UnicodeDecodeError):
-                raise _upstream_error(self.registry, "redirect to an invalid location") from None
+                url = url.click(EncodedURL.from_text(location))
+            except ValueError:
+                raise upstream_error(
+                    self.registry.name, 502, "redirect to an invalid location"
+                ) from None
             if url.scheme not in ("http", "https"):
-                raise _upstream_error(self.registry, f"redirect to a {url.scheme!r} URL refused")
-        raise _upstream_error(self.registry, f"more than {MAX_REDIRECTS} redirects")
+                raise upstream_error(
+                    self.registry.name, 502, f"redirect to a {url.scheme!r} URL refused"
+                )
+        raise upstream_error(self.registry.name, 502, f"more than {MAX_REDIRECTS} redirects")
 
     async def _once(
         self, method: bytes, url: EncodedURL, headers: Mapping[bytes, Sequence[bytes]]
-    ) -> IResponse:
+    ) -> UpstreamResponse:
         d = self._http.request(
             method.decode("ascii"),
             url,
@@ -209,23 +217,28 @@ class UpstreamClient:
         timer = self._clock.callLater(self._settings.response_timeout, give_up)
         try:
             response: IResponse = await d
-            return response
         except Exception as e:
             if timed_out:
-                raise RegistryError(
-                    UNAVAILABLE,
-                    {"registry": self.registry.name, "host": url.host},
-                    status=504,
-                    message="the upstream registry did not answer in time",
+                raise upstream_error(
+                    self.registry.name, 504, f"{url.host} did not answer in time"
                 ) from None
             if _cancelled(e):
                 raise CancelledError() from None  # the client went away; nobody to answer
             if isinstance(e, _TRANSPORT_ERRORS):
-                raise _upstream_error(self.registry, f"{url.host}: {type(e).__name__}") from None
+                raise upstream_error(
+                    self.registry.name, 502, f"{url.host}: {type(e).__name__}"
+                ) from None
             raise
         finally:
             if timer.active():
                 timer.cancel()
+        return UpstreamResponse(
+            response,
+            head=method == b"HEAD",
+            registry=self.registry.name,
+            clock=self._clock,
+            settings=self._settings,
+        )
 
 
 def _cancelled(error: Exception) -> bool:
@@ -234,9 +247,9 @@ def _cancelled(error: Exception) -> bool:
     return isinstance(error, CancelledError) or any(r.check(CancelledError) for r in reasons)
 
 
-def _usable_challenge(response: IResponse) -> Challenge | None:
-    for header in response.headers.getRawHeaders(b"www-authenticate", []):
-        for challenge in parse_challenges(header.decode("latin-1")):
+def _usable_challenge(response: UpstreamResponse) -> Challenge | None:
+    for header in response.header_values("www-authenticate"):
+        for challenge in parse_challenges(header):
             if challenge.scheme in ("bearer", "basic"):
                 return challenge
     return None
@@ -246,13 +259,3 @@ def _basic(credentials: tuple[str, str] | None) -> bytes | None:
     if credentials is None:
         return None
     return b"Basic " + b64encode(":".join(credentials).encode())
-
-
-def _upstream_error(registry: Registry, problem: str) -> RegistryError:
-    # Logged once, with the request it failed, where the app renders it.
-    return RegistryError(
-        UNAVAILABLE,
-        {"registry": registry.name, "problem": problem},
-        status=502,
-        message=f"the upstream registry failed: {problem}",
-    )

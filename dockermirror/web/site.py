@@ -1,33 +1,30 @@
-"""The mirror's Site: one structured log event per request, and quick answers to TLS probes."""
+"""The Site: a typed request, one access-log event per request, quick answers to TLS probes."""
 
 from __future__ import annotations
 
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
-from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol
+from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
 log = Logger(namespace="dockermirror.access")
 
-_ROUTE_ATTRIBUTE = "_dockermirror_route"
-_CACHE_ATTRIBUTE = "_dockermirror_cache"
-
-
-def note_route(request: Request, label: str) -> None:
-    """Record which upstream and repository served ``request``, for its log event."""
-    setattr(request, _ROUTE_ATTRIBUTE, label)
-
-
-def note_cache(request: Request, outcome: str) -> None:
-    """Record how the cache answered ``request`` (HIT, MISS, ...), for its log event."""
-    setattr(request, _CACHE_ATTRIBUTE, outcome)
-
-
 _TLS_ON_PLAIN_PORT = (
     b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTPS request to an HTTP server.\n"
 )
+
+
+class MirrorRequest(Request):
+    """A request that carries what its access-log event reports, set by the app as it answers."""
+
+    # The upstream registry and repository that served it (``docker.io/library/redis``).
+    route: str | None = None
+    # The mirror user it was made as (None: anonymous); Twisted's own ``user`` is Basic auth's.
+    account: str | None = None
+    # How the cache answered (HIT, MISS, ...).
+    cache: str | None = None
 
 
 class PlainHTTPChannel(HTTPChannel):
@@ -59,23 +56,24 @@ class MirrorSite(Site):
     """
 
     noisy = False
-
-    def protocol(self) -> _GenericHTTPChannelProtocol:
-        # Twisted's factory for this wrapper is private; it is what Site uses by default.
-        return _GenericHTTPChannelProtocol(PlainHTTPChannel())
+    requestFactory = MirrorRequest
+    # HTTP/1.1 only: HTTP/2 needs TLS with ALPN and the h2 package, neither of which a mirror
+    # port needs; the plain channel is what Twisted's generic protocol wraps anyway.
+    protocol = PlainHTTPChannel  # type: ignore[assignment]  # the stubs name the generic wrapper
 
     def getResourceFor(self, request: Request) -> IResource:
         started = self.reactor.seconds()
-        request.notifyFinish().addBoth(self._logRequest, request, started)
+        request.notifyFinish().addBoth(self._log_request, request, started)
         return super().getResourceFor(request)
 
     def log(self, request: http.Request) -> None:
-        """Replaced by :meth:`_logRequest`."""
+        """Replaced by :meth:`_log_request`."""
 
-    def _logRequest(self, result: Failure | None, request: Request, started: float) -> None:
+    def _log_request(self, result: Failure | None, request: Request, started: float) -> None:
+        assert isinstance(request, MirrorRequest)  # our requestFactory
         log.info(
             "{client} {method} {path} -> {status} {outcome} ({bytes} bytes, {duration:.3f}s)"
-            " route={route} cache={cache}",
+            " route={route} user={user} cache={cache}",
             client=getattr(request.getClientAddress(), "host", "-"),
             method=request.method.decode("ascii", "replace"),
             path=request.path.decode("utf-8", "replace"),
@@ -84,6 +82,7 @@ class MirrorSite(Site):
             outcome="aborted" if isinstance(result, Failure) else "complete",
             bytes=request.sentLength,
             duration=self.reactor.seconds() - started,
-            route=getattr(request, _ROUTE_ATTRIBUTE, "-"),
-            cache=getattr(request, _CACHE_ATTRIBUTE, "-"),
+            route=request.route or "-",
+            user=request.account or "-",
+            cache=request.cache or "-",
         )

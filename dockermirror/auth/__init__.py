@@ -1,0 +1,1 @@
+"""Who may use the mirror: its own tokens."""

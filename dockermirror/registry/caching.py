@@ -1,0 +1,417 @@
+"""The caching Registry: wraps any Registry and a storage, and answers locally when it can.
+
+- Blobs are served from storage with no upstream request at all.  A miss starts
+  one :class:`~dockermirror.registry.fills.Fill`; every concurrent request for
+  the blob streams from it at once.
+- Manifests by digest are immutable and served from storage.  A tag is asked of
+  the upstream with every manifest type, so what it means never depends on
+  which client asked first; whether a client takes the stored type is decided
+  here, and a client that does not is passed through without touching the tag.
+- A tag's digest is trusted for ``tag_ttl``; then an upstream HEAD (free on
+  Docker Hub) revalidates it, and only a changed digest costs a GET.
+- When revalidation or a fetch fails (unreachable, timeout, 5xx, 429), a cached
+  manifest is served stale, up to ``max_stale``.
+- Every upstream fetch is shared by the requests that want the same thing at
+  the same time (:class:`~dockermirror.coalesce.Coalescer`).
+- Writes to storage happen in the background: no client waits for the index.
+
+Content is keyed by upstream identity (URL and user, see :func:`upstream_key`):
+what was pulled with credentials is never served to a route without them.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IConsumer, IProducer, IReactorTime
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from dockermirror.coalesce import Coalescer
+from dockermirror.config import CacheSettings, Registry
+from dockermirror.errors import RegistryError
+from dockermirror.reference import is_digest
+from dockermirror.registry.fills import Fill
+from dockermirror.registry.mediatypes import ALL_MANIFESTS, acceptable
+from dockermirror.registry.model import (
+    BlobBody,
+    BlobInfo,
+    BlobSource,
+    ByteRange,
+    CacheOutcome,
+    LocalFile,
+    Manifest,
+    RangeRequest,
+    Referrers,
+    TagPage,
+)
+from dockermirror.registry.model import Registry as RegistryInterface
+from dockermirror.registry.streams import FileStream
+from dockermirror.routing import Target
+from dockermirror.storage.interface import BlobReader, BlobStorage, StoredManifest
+
+log = Logger()
+
+OCTET_STREAM = "application/octet-stream"
+# Failures of the upstream that a stale manifest may paper over.
+_STALE_STATUSES = {429, 502, 503, 504}
+
+HIT, MISS, COALESCED = CacheOutcome.HIT, CacheOutcome.MISS, CacheOutcome.COALESCED
+
+
+def upstream_key(registry: Registry) -> str:
+    """The identity content is cached under: the registry's URL and the user it pulls as."""
+    return f"{registry.url.to_text()}#{registry.username or ''}"
+
+
+class CachingRegistry:
+    def __init__(
+        self,
+        inner: RegistryInterface,
+        storage: BlobStorage,
+        clock: IReactorTime,
+        settings: CacheSettings,
+        idle_timeout: float,
+    ) -> None:
+        self._inner = inner
+        self._storage = storage
+        self._clock = clock
+        self._settings = settings
+        self._idle_timeout = idle_timeout
+        self._fills: dict[tuple[str, str], Fill] = {}
+        self._coalescer = Coalescer()
+        self.stats: Counter[str] = Counter()
+
+    # Manifests
+
+    async def manifest(
+        self, target: Target, reference: str, accept: Sequence[str], *, head: bool = False
+    ) -> Manifest:
+        if not await self._storage_open():
+            return await self._inner.manifest(target, reference, accept, head=head)
+        key = upstream_key(target.registry)
+        if is_digest(reference):
+            stored = await self._storage.manifest(reference, key)
+            if stored is not None and acceptable(stored.media_type, accept):
+                return self._answer(stored, head, HIT)
+            manifest = await self._shared_manifest(target, reference, accept, head)
+            if manifest.body is not None:
+                self._keep(key, manifest)
+            return self._count(manifest, MISS)
+        entry = await self._storage.tag(key, target.name, reference)
+        stored = await self._storage.manifest(entry.digest, key) if entry else None
+        if entry is None or stored is None:
+            return await self._resolve(target, reference, accept, head, None)
+        if not acceptable(stored.media_type, accept):
+            return await self._pass_through(target, reference, accept, head)
+        age = self._clock.seconds() - entry.checked
+        if age < self._settings.tag_ttl:
+            return self._answer(stored, head, HIT)
+        try:
+            current = await self._shared_manifest(target, reference, ALL_MANIFESTS, True)
+        except RegistryError as error:
+            return self._stale_or_raise(target, reference, stored, age, error, head)
+        if current.digest != stored.digest:
+            return await self._resolve(target, reference, accept, head, (stored, age))
+        self._background(self._storage.set_tag(key, target.name, reference, stored.digest))
+        return self._answer(stored, head, CacheOutcome.REVALIDATED)
+
+    async def _resolve(
+        self,
+        target: Target,
+        tag: str,
+        accept: Sequence[str],
+        head: bool,
+        fallback: tuple[StoredManifest, float] | None,
+    ) -> Manifest:
+        """Ask the upstream what ``tag`` means, with every manifest type; keep it; answer."""
+        key = upstream_key(target.registry)
+        if head and fallback is None:
+            # containerd and Docker resolve a tag with HEAD, then GET by digest; a HEAD is
+            # free on Docker Hub.  The tag is bound once its manifest is stored.
+            manifest = await self._shared_manifest(target, tag, ALL_MANIFESTS, True)
+            if manifest.digest and await self._storage.manifest(manifest.digest, key):
+                self._background(self._storage.set_tag(key, target.name, tag, manifest.digest))
+        else:
+            try:
+                manifest = await self._shared_manifest(target, tag, ALL_MANIFESTS, False)
+            except RegistryError as error:
+                if fallback is None:
+                    raise
+                return self._stale_or_raise(target, tag, *fallback, error, head)
+            self._keep(key, manifest, (target.name, tag))
+        if not acceptable(manifest.media_type, accept):
+            return await self._pass_through(target, tag, accept, head)
+        return self._count(_without_body(manifest) if head else manifest, MISS)
+
+    async def _pass_through(
+        self, target: Target, reference: str, accept: Sequence[str], head: bool
+    ) -> Manifest:
+        """The client's own request, as the upstream answers it; the tag keeps its meaning."""
+        return self._count(await self._shared_manifest(target, reference, accept, head), MISS)
+
+    def _shared_manifest(
+        self, target: Target, reference: str, accept: Sequence[str], head: bool
+    ) -> Deferred[Manifest]:
+        key = (upstream_key(target.registry), target.name, reference, head, tuple(accept))
+        d, joined = self._coalescer.run(
+            key, lambda: self._inner.manifest(target, reference, accept, head=head)
+        )
+        if joined:
+            self.stats["coalesced"] += 1
+        return d
+
+    def _keep(self, key: str, manifest: Manifest, tag: tuple[str, str] | None = None) -> None:
+        """Store a fetched manifest (and bind the tag to it) in the background."""
+        if manifest.body is None or not self._storage.writable():
+            return
+        d = self._storage.put_manifest(manifest.digest, manifest.media_type, manifest.body, key)
+        if tag is not None:
+            d.addCallback(lambda _: self._storage.set_tag(key, *tag, manifest.digest))
+        d.addCallback(lambda _: self._evict_soon())
+        self._background(d)
+
+    def _stale_or_raise(
+        self,
+        target: Target,
+        tag: str,
+        stored: StoredManifest,
+        age: float,
+        error: RegistryError,
+        head: bool,
+    ) -> Manifest:
+        not_found = error.status == 404
+        usable = error.status in _STALE_STATUSES or (
+            not_found and self._settings.stale_on_not_found
+        )
+        max_stale = self._settings.max_stale
+        if not usable or (max_stale is not None and age > max_stale):
+            if not_found:
+                key = upstream_key(target.registry)
+                self._background(self._storage.drop_tag(key, target.name, tag))
+            raise error
+        log.warn(
+            "serving {name}:{tag} from cache, {age:.0f}s old: the upstream failed ({code})",
+            name=target.label,
+            tag=tag,
+            age=age,
+            code=error.status,
+        )
+        return self._answer(stored, head, CacheOutcome.STALE)
+
+    def _answer(self, stored: StoredManifest, head: bool, outcome: CacheOutcome) -> Manifest:
+        body = None if head else stored.body
+        return self._count(
+            Manifest(stored.digest, stored.media_type, len(stored.body), body), outcome
+        )
+
+    # Blobs
+
+    async def blob(self, target: Target, digest: str) -> BlobSource:
+        inner = await self._inner.blob(target, digest)
+        if not await self._storage_open():
+            return inner
+        key = upstream_key(target.registry)
+        size = await self._storage.blob_size(digest, key)
+        cold = _ColdBlob(self, inner, target, key)
+        if size is None:
+            return cold
+        return _StoredBlob(self, cold, size)
+
+    async def tags(self, target: Target, n: str | None, last: str | None) -> TagPage:
+        return await self._inner.tags(target, n, last)
+
+    async def referrers(self, target: Target, digest: str, artifact_type: str | None) -> Referrers:
+        return await self._inner.referrers(target, digest, artifact_type)
+
+    def running_fill(self, key: str, digest: str) -> Fill | None:
+        fill = self._fills.get((key, digest))
+        return None if fill is None or fill.state == Fill.FAILED else fill
+
+    def start_fill(self, key: str, source: BlobSource) -> tuple[Deferred[Fill | None], bool]:
+        """The fill of ``source``'s blob, started once for all concurrent callers.
+
+        None when the blob cannot be cached (no length, no room, storage failing);
+        and whether this caller joined a start already under way.
+        """
+        return self._coalescer.run(
+            ("blob", key, source.digest), lambda: self._start_fill(key, source)
+        )
+
+    async def _start_fill(self, key: str, source: BlobSource) -> Fill | None:
+        body = await source.open(None)
+        size = body.length
+        if body.range is not None or size is None or not self._storage.has_room(size):
+            _close_unread(body)
+            return None
+        try:
+            writer = self._storage.begin_write(source.digest, size, key)
+        except OSError:
+            _close_unread(body)
+            return None
+        fill = Fill(writer, source.digest, key, size, self._settings.detached_fill_max)
+        self._fills[(key, source.digest)] = fill
+        fill.when_ended(self._fill_ended)
+        fill.start(body.stream)
+        return fill
+
+    def _fill_ended(self, fill: Fill) -> None:
+        self._fills.pop((fill.upstream, fill.digest), None)
+        if fill.state == Fill.COMPLETE:
+            self._evict_soon()
+
+    def file_stream(
+        self, reader: BlobReader, byte_range: ByteRange, fill: Fill | None
+    ) -> FileStream:
+        return FileStream(reader, byte_range, fill, self._clock, self._idle_timeout)
+
+    async def _storage_open(self) -> bool:
+        """Whether the storage can be used; a request that comes while it opens waits for it."""
+        if not self._storage.is_open:
+            await self._storage.when_open()
+        return self._storage.is_open
+
+    # Housekeeping
+
+    @property
+    def storage(self) -> BlobStorage:
+        return self._storage
+
+    def _evict_soon(self) -> None:
+        """Eviction runs off the request path, in a later turn of the reactor."""
+        if self._storage.total > self._storage.max_size:
+            self._clock.callLater(0, self.evict)
+
+    def evict(self) -> Deferred[int]:
+        return self._storage.evict(busy={digest for _, digest in self._fills})
+
+    def count(self, outcome: CacheOutcome) -> CacheOutcome:
+        self.stats[outcome.value.lower()] += 1
+        return outcome
+
+    def _count(self, manifest: Manifest, outcome: CacheOutcome) -> Manifest:
+        return manifest.with_outcome(self.count(outcome))
+
+    def _background(self, d: Deferred[Any]) -> None:
+        d.addErrback(lambda f: log.failure("cache housekeeping failed", f))
+
+    def log_stats(self) -> None:
+        log.info(
+            "cache: {hit} hits, {miss} misses, {coalesced} coalesced, {stale} stale,"
+            " {revalidated} revalidated, {evicted} evicted; {total} bytes stored",
+            hit=self.stats["hit"],
+            miss=self.stats["miss"],
+            coalesced=self.stats["coalesced"],
+            stale=self.stats["stale"],
+            revalidated=self.stats["revalidated"],
+            evicted=self._storage.evicted,
+            total=self._storage.total,
+        )
+
+
+class _ColdBlob:
+    """A blob not in storage: a HEAD goes upstream, a GET fills the cache (or joins a fill)."""
+
+    def __init__(
+        self, cache: CachingRegistry, inner: BlobSource, target: Target, key: str
+    ) -> None:
+        self.digest = inner.digest
+        self._cache = cache
+        self._inner = inner
+        self._target = target
+        self._key = key
+
+    async def stat(self) -> BlobInfo:
+        fill = self._cache.running_fill(self._key, self.digest)
+        if fill is not None:
+            return BlobInfo(self.digest, fill.size, OCTET_STREAM, self._cache.count(COALESCED))
+        info = await self._inner.stat()
+        return attrs.evolve(info, outcome=self._cache.count(MISS))
+
+    async def open(self, wanted: RangeRequest | None) -> BlobBody:
+        outcome = COALESCED
+        fill = self._cache.running_fill(self._key, self.digest)
+        if fill is None and self._cache.storage.writable():
+            d, joined = self._cache.start_fill(self._key, self._inner)
+            fill = await d
+            outcome = COALESCED if joined else MISS
+        if fill is not None and fill.state != Fill.FAILED:
+            try:
+                return self._from_fill(fill, wanted, outcome)
+            except OSError:
+                pass  # the fill's file is gone (storing it failed): ask the upstream
+        body = await self._inner.open(wanted)
+        return attrs.evolve(body, info=attrs.evolve(body.info, outcome=self._cache.count(MISS)))
+
+    def _from_fill(
+        self, fill: Fill, wanted: RangeRequest | None, outcome: CacheOutcome
+    ) -> BlobBody:
+        byte_range = wanted.resolve(fill.size) if wanted else None
+        whole = byte_range or ByteRange(0, fill.size - 1)
+        stream = self._cache.file_stream(fill.reader(whole.first), whole, fill)
+        info = BlobInfo(self.digest, fill.size, OCTET_STREAM, self._cache.count(outcome))
+        return BlobBody(info, byte_range, stream)
+
+    def local_file(self) -> LocalFile | None:
+        return None
+
+    def direct_url(self) -> str | None:
+        return None
+
+
+class _StoredBlob:
+    """A blob in storage: described and read with no upstream request at all."""
+
+    def __init__(self, cache: CachingRegistry, cold: _ColdBlob, size: int) -> None:
+        self.digest = cold.digest
+        self._cache = cache
+        self._cold = cold
+        self._size = size
+
+    async def stat(self) -> BlobInfo:
+        return BlobInfo(self.digest, self._size, OCTET_STREAM, self._cache.count(HIT))
+
+    async def open(self, wanted: RangeRequest | None) -> BlobBody:
+        byte_range = wanted.resolve(self._size) if wanted else None
+        whole = byte_range or ByteRange(0, self._size - 1)
+        try:
+            reader = await self._cache.storage.open_blob(self.digest, whole.first)
+        except OSError:
+            return await self._cold.open(wanted)  # removed since the lookup: fetch it again
+        self._cache.storage.touch(self.digest)
+        info = BlobInfo(self.digest, self._size, OCTET_STREAM, self._cache.count(HIT))
+        return BlobBody(info, byte_range, self._cache.file_stream(reader, whole, None))
+
+    def local_file(self) -> LocalFile | None:
+        path = self._cache.storage.local_path(self.digest)
+        return None if path is None else LocalFile(path, 0, self._size)
+
+    def direct_url(self) -> str | None:
+        return None
+
+
+@implementer(IConsumer)
+class _Discard:
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
+        pass
+
+    def unregisterProducer(self) -> None:
+        pass
+
+    def write(self, data: bytes) -> None:
+        pass
+
+
+def _close_unread(body: BlobBody) -> None:
+    """Drop a body that will not be read (and with it, its upstream connection)."""
+    d = body.stream.deliver(_Discard())
+    d.addErrback(lambda _: None)
+    d.cancel()
+
+
+def _without_body(manifest: Manifest) -> Manifest:
+    return attrs.evolve(manifest, body=None)

@@ -1,0 +1,48 @@
+"""Manifest media types, and content negotiation done locally.
+
+The cache asks the upstream for a tag with every manifest type (so what a tag
+means never depends on which client asked first) and decides here whether a
+client may receive what came back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+DOCKER_SCHEMA2 = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_SCHEMA1_SIGNED = "application/vnd.docker.distribution.manifest.v1+prettyjws"
+DOCKER_SCHEMA1 = "application/vnd.docker.distribution.manifest.v1+json"
+
+# Lists first: a registry picks the first type it has.
+ALL_MANIFESTS: tuple[str, ...] = (
+    OCI_INDEX,
+    DOCKER_LIST,
+    OCI_MANIFEST,
+    DOCKER_SCHEMA2,
+    DOCKER_SCHEMA1_SIGNED,
+    DOCKER_SCHEMA1,
+)
+
+
+def accepted_types(accept: Sequence[str]) -> set[str]:
+    """The media types named by Accept values (parameters such as ``q`` dropped)."""
+    return {
+        media_range.split(";")[0].strip().lower()
+        for value in accept
+        for media_range in value.split(",")
+        if media_range.strip()
+    }
+
+
+def acceptable(media_type: str, accept: Sequence[str]) -> bool:
+    """Whether a client that sent these Accept values takes a manifest of ``media_type``.
+
+    A client that sends no Accept at all takes anything, as it does from a registry.
+    """
+    if not accept:
+        return True
+    types = accepted_types(accept)
+    return bool(types & {media_type.lower(), "*/*", "application/*"})

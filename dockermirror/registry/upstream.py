@@ -1,0 +1,262 @@
+"""The Registry that asks the upstream: manifests, blobs, tag lists and referrers, checked.
+
+Manifests are small and read whole (bounded, digest-checked, bytes untouched);
+blobs are streamed by :class:`UpstreamStream`, which holds back the last chunk
+of a whole blob until its digest matches.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+
+from hyperlink import DecodedURL
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IConsumer, IPushProducer
+
+from dockermirror.config import UpstreamSettings
+from dockermirror.errors import (
+    BLOB_UNKNOWN,
+    MANIFEST_INVALID,
+    MANIFEST_UNKNOWN,
+    NAME_UNKNOWN,
+    RegistryError,
+)
+from dockermirror.reference import digest_of, is_digest, new_hasher
+from dockermirror.registry.model import (
+    BlobBody,
+    BlobInfo,
+    ByteRange,
+    LocalFile,
+    Manifest,
+    RangeNotSatisfiable,
+    RangeRequest,
+    Referrers,
+    TagPage,
+)
+from dockermirror.routing import Target
+from dockermirror.upstream.body import BodyTooLarge
+from dockermirror.upstream.client import UpstreamClient
+from dockermirror.upstream.errors import failure_of, upstream_error
+from dockermirror.upstream.response import UpstreamResponse
+
+OCTET_STREAM = "application/octet-stream"
+# Tag lists are not paginated by every registry; a long one is still far below this.
+_MAX_LIST_BYTES = 16 * 1024 * 1024
+_CONTENT_RANGE = re.compile(r"bytes (?:(\d+)-(\d+)|\*)/(\d+|\*)\Z")
+
+
+class UpstreamRegistry:
+    """:class:`~dockermirror.registry.model.Registry` answered by the upstream registries."""
+
+    def __init__(self, clients: Mapping[str, UpstreamClient], settings: UpstreamSettings) -> None:
+        self._clients = clients
+        self._settings = settings
+
+    async def manifest(
+        self, target: Target, reference: str, accept: Sequence[str], *, head: bool = False
+    ) -> Manifest:
+        response = await self._client(target).request(
+            b"HEAD" if head else b"GET",
+            target.name,
+            ("manifests", reference),
+            headers={b"accept": [a.encode("latin-1") for a in accept]} if accept else None,
+        )
+        if response.code != 200:
+            raise await failure_of(response, target.name, MANIFEST_UNKNOWN)
+        media_type = response.header("content-type") or ""
+        if head:
+            response.discard()
+            digest = response.header("docker-content-digest") or ""
+            return Manifest(digest, media_type, response.length, None)
+        body = await self._read(response, self._settings.max_manifest_bytes, "manifest")
+        return Manifest(_checked_digest(response, body, reference), media_type, len(body), body)
+
+    async def blob(self, target: Target, digest: str) -> UpstreamBlob:
+        return UpstreamBlob(self._client(target), target, digest)
+
+    async def tags(self, target: Target, n: str | None, last: str | None) -> TagPage:
+        query = [(key, value) for key, value in (("n", n), ("last", last)) if value is not None]
+        response = await self._client(target).request(
+            b"GET", target.name, ("tags", "list"), query=query
+        )
+        if response.code != 200:
+            raise await failure_of(response, target.name, NAME_UNKNOWN)
+        body = await self._read(response, _MAX_LIST_BYTES, "tag list")
+        try:
+            document = json.loads(body)
+            tags = tuple(str(tag) for tag in document.get("tags") or ())
+            name = str(document.get("name") or target.name)
+        except (ValueError, AttributeError, TypeError):
+            raise upstream_error(response.registry, 502, "invalid tag list") from None
+        return TagPage(name, tags, _next_page(response.header_values("link")))
+
+    async def referrers(self, target: Target, digest: str, artifact_type: str | None) -> Referrers:
+        query = [("artifactType", artifact_type)] if artifact_type else []
+        response = await self._client(target).request(
+            b"GET", target.name, ("referrers", digest), query=query
+        )
+        if response.code != 200:
+            raise await failure_of(response, target.name, MANIFEST_UNKNOWN)
+        body = await self._read(response, self._settings.max_manifest_bytes, "referrers list")
+        return Referrers(
+            response.header("content-type") or "application/vnd.oci.image.index.v1+json",
+            body,
+            response.header("oci-filters-applied"),
+        )
+
+    def _client(self, target: Target) -> UpstreamClient:
+        return self._clients[target.registry.name]
+
+    async def _read(self, response: UpstreamResponse, limit: int, what: str) -> bytes:
+        try:
+            return await response.collect(limit)
+        except BodyTooLarge:
+            raise RegistryError(
+                MANIFEST_INVALID,
+                {"registry": response.registry, "limit": limit},
+                status=502,
+                message=f"the upstream {what} is larger than the mirror accepts",
+            ) from None
+
+
+class UpstreamBlob:
+    """A blob at the upstream: a HEAD describes it, a GET (with the client's range) opens it."""
+
+    def __init__(self, client: UpstreamClient, target: Target, digest: str) -> None:
+        self.digest = digest
+        self._client = client
+        self._target = target
+
+    async def stat(self) -> BlobInfo:
+        response = await self._request(b"HEAD", None)
+        if response.code != 200:
+            raise await failure_of(response, self._target.name, BLOB_UNKNOWN)
+        response.discard()
+        return BlobInfo(self.digest, response.length, _media_type(response))
+
+    async def open(self, wanted: RangeRequest | None) -> BlobBody:
+        response = await self._request(b"GET", wanted)
+        if response.code == 200:
+            info = BlobInfo(self.digest, response.length, _media_type(response))
+            # Only a whole body can be checked against its digest.
+            return BlobBody(info, None, UpstreamStream(response, self.digest))
+        content_range = _CONTENT_RANGE.match(response.header("content-range") or "")
+        size = int(content_range[3]) if content_range and content_range[3] != "*" else None
+        if response.code == 416:
+            response.discard()
+            raise RangeNotSatisfiable(size)
+        if response.code == 206 and content_range and content_range[1] is not None:
+            info = BlobInfo(self.digest, size, _media_type(response))
+            byte_range = ByteRange(int(content_range[1]), int(content_range[2]))
+            return BlobBody(info, byte_range, UpstreamStream(response, None))
+        raise await failure_of(response, self._target.name, BLOB_UNKNOWN)
+
+    def local_file(self) -> LocalFile | None:
+        return None
+
+    def direct_url(self) -> str | None:
+        return None
+
+    async def _request(self, method: bytes, wanted: RangeRequest | None) -> UpstreamResponse:
+        headers = {b"range": [_range_header(wanted).encode()]} if wanted else None
+        return await self._client.request(
+            method, self._target.name, ("blobs", self.digest), headers=headers
+        )
+
+
+class UpstreamStream:
+    """An upstream body on its way to a consumer, with the upstream as the consumer's producer.
+
+    With an ``expected`` digest, the last byte received is held back until the
+    digest is known: with a Content-Length, a client would otherwise have every
+    byte before the check, and take a corrupt blob for a complete one.
+    """
+
+    def __init__(self, response: UpstreamResponse, expected: str | None) -> None:
+        self._response = response
+        self._expected = expected
+        self._hasher = new_hasher(expected) if expected else None
+        self._held = b""
+        self._consumer: IConsumer | None = None
+        self._producer: IPushProducer | None = None
+        self._done: Deferred[None] = Deferred(lambda _: self._stop())
+
+    def deliver(self, consumer: IConsumer) -> Deferred[None]:
+        self._consumer = consumer
+        self._producer = self._response.stream(self, consumer)
+        return self._done
+
+    def body_data(self, data: bytes) -> None:
+        assert self._consumer is not None
+        if self._hasher is None:
+            self._consumer.write(data)
+            return
+        self._hasher.update(data)
+        if data:
+            ready, self._held = self._held + data[:-1], data[-1:]
+            if ready:
+                self._consumer.write(ready)
+
+    def body_end(self, problem: Exception | None) -> None:
+        if self._done.called:
+            return
+        assert self._consumer is not None
+        self._consumer.unregisterProducer()
+        if problem is None and self._hasher is not None and self._expected is not None:
+            actual = f"{self._expected.partition(':')[0]}:{self._hasher.hexdigest()}"
+            if actual != self._expected:
+                problem = upstream_error(
+                    self._response.registry, 502, f"blob bytes have digest {actual}"
+                )
+        if problem is not None:
+            self._done.errback(problem)
+            return
+        if self._held:
+            self._consumer.write(self._held)
+        self._done.callback(None)
+
+    def _stop(self) -> None:
+        if self._producer is not None:
+            self._producer.stopProducing()
+
+
+def _media_type(response: UpstreamResponse) -> str:
+    return response.header("content-type") or OCTET_STREAM
+
+
+def _range_header(wanted: RangeRequest) -> str:
+    if wanted.suffix is not None:
+        return f"bytes=-{wanted.suffix}"
+    return f"bytes={wanted.first or 0}-{'' if wanted.last is None else wanted.last}"
+
+
+def _checked_digest(response: UpstreamResponse, body: bytes, reference: str) -> str:
+    """The manifest's digest; the bytes must match the reference and the upstream's claim."""
+    algorithm = reference.partition(":")[0] if is_digest(reference) else "sha256"
+    digest = digest_of(body, algorithm)
+    claimed = response.header("docker-content-digest")
+    expected = reference if is_digest(reference) else claimed
+    if expected and expected.partition(":")[0] == algorithm and expected != digest:
+        raise RegistryError(
+            MANIFEST_INVALID,
+            {"expected": expected, "actual": digest},
+            status=502,
+            message="the upstream manifest does not match its digest",
+        )
+    return digest
+
+
+def _next_page(links: list[str]) -> tuple[tuple[str, str], ...] | None:
+    """The query of an RFC 8288 ``rel="next"`` link, as registries paginate tag lists."""
+    for link in links:
+        start, end = link.find("<"), link.find(">")
+        if start < 0 or end < start or "next" not in link[end:]:
+            continue
+        try:
+            url = DecodedURL.from_text(link[start + 1 : end])
+        except ValueError:
+            continue
+        return tuple((key, value or "") for key, value in url.query)
+    return None

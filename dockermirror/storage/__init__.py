@@ -1,0 +1,1 @@
+"""Where the cache keeps blobs, manifests and tags: an asynchronous seam and its backends."""

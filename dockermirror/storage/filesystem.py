@@ -1,0 +1,451 @@
+"""Blob storage on the local filesystem, indexed in SQLite.
+
+Layout under the cache directory::
+
+    blobs/sha256/ab/abcdef...   verified content, named by digest (layers, configs, manifests)
+    tmp/                        downloads in progress; wiped at start
+    index.sqlite                sizes, access times, manifest media types, tags, sources
+
+A blob becomes visible only by a rename after its digest was checked, so a
+crash (even SIGKILL) can leave temp files, which the next start removes, but
+never a partial blob under its digest.  The index row is written after the
+rename; a file without one is removed at start.
+
+The index has two connections on two worker threads: lookups on one, writes on
+the other, so a write waiting for a lock (held by another process, say) never
+holds up a lookup, and neither holds up the reactor.  Access times are
+collected in memory and written in batches, so a cache hit costs no write.
+Reading and writing blob bytes stays on the reactor thread: local file reads
+and appends, as Twisted's own static file serving does.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO, TypeVar
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from dockermirror.storage.index import Index
+from dockermirror.storage.interface import BlobReader, StoredManifest, TagEntry
+from dockermirror.storage.workers import Worker
+
+log = Logger()
+
+T = TypeVar("T")
+
+# After a failed write, blobs stream through uncached for this long before the disk is tried again.
+WRITE_RETRY = 60.0
+# Eviction frees space down to this share of max_size, so it does not run on every fill.
+_LOW_WATER = 0.9
+_STORAGE_ERRORS = (OSError, sqlite3.Error)
+
+
+class FilesystemStorage:
+    def __init__(
+        self,
+        directory: Path,
+        clock: IReactorTime,
+        max_size: int,
+        min_free: int,
+        *,
+        lookups: Worker,
+        writes: Worker,
+    ) -> None:
+        self.directory = directory
+        self.max_size = max_size
+        self.min_free = min_free
+        self._clock = clock
+        self._lookups = lookups
+        self._writes = writes
+        self._lookup_index = Index(directory / "index.sqlite", writer=False)
+        self._write_index = Index(directory / "index.sqlite", writer=True)
+        self._open = False
+        # Requests that came while the index was being opened wait for it.
+        self._opening: list[Deferred[None]] | None = None
+        self._total = 0
+        self._evicted = 0
+        self._touched: dict[str, float] = {}
+        self._unwritable_until = 0.0
+        # Blobs being read right now: eviction leaves them alone.
+        self._readers: Counter[str] = Counter()
+
+    # Life cycle
+
+    @property
+    def is_open(self) -> bool:
+        return self._open
+
+    @property
+    def total(self) -> int:
+        return self._total
+
+    @property
+    def evicted(self) -> int:
+        return self._evicted
+
+    def open(self) -> Deferred[None]:
+        """Create the layout, drop leftovers of a crash, load the index; fails if it cannot."""
+        self._lookups.start()
+        self._writes.start()
+        self._opening = []
+        d = self._writes.run(self._prepare).addCallback(self._prepared)
+        d.addCallback(lambda _: self._lookups.run(self._lookup_index.connect))
+        return d.addCallback(self._opened).addBoth(self._open_ended)
+
+    def when_open(self) -> Deferred[None]:
+        """Fires once an open under way has ended, either way; at once when none is."""
+        if self._opening is None:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._opening.append(waiter)
+        return waiter
+
+    def _open_ended(self, result: T) -> T:
+        waiters, self._opening = self._opening or [], None
+        for waiter in waiters:
+            waiter.callback(None)
+        return result
+
+    def _prepare(self) -> tuple[int, int, int]:
+        (self.directory / "blobs").mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(self.directory / "tmp", ignore_errors=True)
+        (self.directory / "tmp").mkdir()
+        self._write_index.connect()
+        count, orphans = self._reconcile()
+        return count, orphans, self._write_index.total()
+
+    def _prepared(self, result: tuple[int, int, int]) -> None:
+        count, orphans, self._total = result
+        log.info(
+            "cache index: {count} blobs, {total} bytes; removed {orphans} stale rows",
+            count=count,
+            total=self._total,
+            orphans=orphans,
+        )
+
+    def _opened(self, _: object) -> None:
+        self._open = True
+
+    def close(self) -> Deferred[None]:
+        was_open, self._open = self._open, False
+        d = self._flush() if was_open else succeed(None)
+        d.addBoth(lambda _: self._writes.run(self._write_index.close))
+        d.addBoth(lambda _: self._lookups.run(self._lookup_index.close))
+
+        def stop(_: object) -> None:
+            self._lookups.stop()
+            self._writes.stop()
+
+        d.addBoth(stop)
+        return d
+
+    def _reconcile(self) -> tuple[int, int]:
+        """Files and index rows agree: drop files without rows and rows without files."""
+        indexed = self._write_index.digests()
+        on_disk = set()
+        for algorithm in os.scandir(self.directory / "blobs"):
+            for prefix in os.scandir(algorithm.path):
+                for entry in os.scandir(prefix.path):
+                    digest = f"{algorithm.name}:{entry.name}"
+                    if digest in indexed:
+                        on_disk.add(digest)
+                    else:
+                        os.unlink(entry.path)
+        missing = indexed - on_disk
+        if missing:
+            self._write_index.forget(missing)
+        return len(on_disk), len(missing)
+
+    # Blobs
+
+    def path(self, digest: str) -> Path:
+        algorithm, _, hexdigest = digest.partition(":")
+        return self.directory / "blobs" / algorithm / hexdigest[:2] / hexdigest
+
+    def local_path(self, digest: str) -> str | None:
+        return str(self.path(digest))
+
+    def blob_size(self, digest: str, upstream: str) -> Deferred[int | None]:
+        def look() -> tuple[int | None, bool]:
+            size = self._lookup_index.blob_size(digest, upstream)
+            return size, size is not None and self.path(digest).exists()
+
+        def found(result: tuple[int | None, bool] | None) -> int | None:
+            size, present = result or (None, False)
+            if size is not None and not present:
+                # Removed behind our back: forget it, so that it is fetched again.
+                log.warn("cached blob {digest} is missing from disk", digest=digest)
+                self._forget({digest: size})
+                return None
+            return size
+
+        return self._lookup(look, None).addCallback(found)
+
+    def open_blob(self, digest: str, offset: int) -> Deferred[BlobReader]:
+        try:
+            return succeed(self._reader(self.path(digest), digest, offset))
+        except OSError as e:
+            return fail(e)
+
+    def begin_write(self, digest: str, size: int, upstream: str) -> _PendingBlob:
+        try:
+            return _PendingBlob(self, digest, size, upstream)
+        except OSError as e:
+            self.report_write_failure(e)
+            raise
+
+    def writable(self) -> bool:
+        return self._open and self._clock.seconds() >= self._unwritable_until
+
+    def report_write_failure(self, error: Exception) -> None:
+        """Stop storing for a while; pulls stream through until the disk recovers."""
+        log.error(
+            "cannot write to the cache in {directory} ({error}); streaming through for {seconds}s",
+            directory=str(self.directory),
+            error=str(error),
+            seconds=WRITE_RETRY,
+        )
+        self._unwritable_until = self._clock.seconds() + WRITE_RETRY
+
+    def has_room(self, size: int) -> bool:
+        try:
+            free = shutil.disk_usage(self.directory).free
+        except OSError:
+            return False
+        return size <= self.max_size and free - size >= self.min_free
+
+    def _reader(self, path: Path, digest: str, offset: int) -> _FileReader:
+        file = open(path, "rb")
+        file.seek(offset)
+        self._readers[digest] += 1
+        return _FileReader(file, lambda: self._reader_closed(digest))
+
+    def _reader_closed(self, digest: str) -> None:
+        self._readers[digest] -= 1
+        if not self._readers[digest]:
+            del self._readers[digest]
+
+    def _index_blob(
+        self, digest: str, size: int, upstream: str, media_type: str | None
+    ) -> Deferred[None]:
+        def indexed(new: bool | None) -> None:
+            if new:
+                self._total += size
+
+        d = self._write(
+            self._write_index.add_blob, digest, size, upstream, media_type, self._now()
+        )
+        return d.addCallback(indexed)
+
+    # Manifests and tags
+
+    def manifest(self, digest: str, upstream: str) -> Deferred[StoredManifest | None]:
+        def look() -> StoredManifest | None:
+            media_type = self._lookup_index.manifest_type(digest, upstream)
+            if media_type is None:
+                return None
+            return StoredManifest(digest, media_type, self.path(digest).read_bytes())
+
+        def found(stored: StoredManifest | None) -> StoredManifest | None:
+            if stored is not None:
+                self.touch(digest)
+            return stored
+
+        return self._lookup(look, None).addCallback(found)
+
+    def put_manifest(
+        self, digest: str, media_type: str, body: bytes, upstream: str
+    ) -> Deferred[None]:
+        def store() -> bool:
+            temp = self.directory / "tmp" / uuid.uuid4().hex
+            temp.write_bytes(body)
+            final = self.path(digest)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(temp, final)
+            return self._write_index.add_blob(digest, len(body), upstream, media_type, now)
+
+        def stored(new: bool | None) -> None:
+            if new:
+                self._total += len(body)
+
+        now = self._now()
+        return self._write(store).addCallback(stored)
+
+    def tag(self, upstream: str, repository: str, tag: str) -> Deferred[TagEntry | None]:
+        return self._lookup(lambda: self._lookup_index.tag(upstream, repository, tag), None)
+
+    def set_tag(self, upstream: str, repository: str, tag: str, digest: str) -> Deferred[None]:
+        d = self._write(self._write_index.set_tag, upstream, repository, tag, digest, self._now())
+        return d.addCallback(lambda _: None)
+
+    def drop_tag(self, upstream: str, repository: str, tag: str) -> Deferred[None]:
+        d = self._write(self._write_index.drop_tag, upstream, repository, tag)
+        return d.addCallback(lambda _: None)
+
+    # Housekeeping
+
+    def touch(self, digest: str) -> None:
+        self._touched[digest] = self._now()
+
+    def flush(self) -> Deferred[None]:
+        if not self._open:
+            return succeed(None)
+        return self._flush()
+
+    def _flush(self) -> Deferred[None]:
+        touched, self._touched = self._touched, {}
+        if not touched:
+            return succeed(None)
+        # Access times are advisory: a batch lost to an error only ages those blobs.
+        d = self._write(self._write_index.touch, list(touched.items()))
+        return d.addCallback(lambda _: None)
+
+    def evict(self, busy: set[str]) -> Deferred[int]:
+        """Remove least recently used blobs until the cache is below its low-water mark."""
+        if not self._open or self._total <= self.max_size:
+            return succeed(0)
+        keep = busy | set(self._readers)
+        excess = self._total - int(self.max_size * _LOW_WATER)
+
+        def remove() -> list[tuple[str, int]]:
+            victims: list[tuple[str, int]] = []
+            freed = 0
+            for digest, size in self._write_index.least_recently_used():
+                if freed >= excess:
+                    break
+                if digest not in keep:
+                    victims.append((digest, size))
+                    freed += size
+            for digest, _ in victims:
+                # A reader that opened the file before keeps its bytes: unlink does not touch them.
+                self.path(digest).unlink(missing_ok=True)
+            self._write_index.forget(digest for digest, _ in victims)
+            return victims
+
+        def removed(victims: list[tuple[str, int]] | None) -> int:
+            if not victims:
+                return 0
+            freed = self._dropped(dict(victims))
+            self._evicted += len(victims)
+            log.info(
+                "cache eviction: removed {count} blobs, {freed} bytes; {total} bytes cached",
+                count=len(victims),
+                freed=freed,
+                total=self._total,
+            )
+            return len(victims)
+
+        return self._flush().addCallback(lambda _: self._write(remove)).addCallback(removed)
+
+    def _forget(self, sizes: dict[str, int]) -> None:
+        self._write(self._write_index.forget, list(sizes)).addCallback(
+            lambda _: self._dropped(sizes)
+        )
+
+    def _dropped(self, sizes: dict[str, int]) -> int:
+        for digest in sizes:
+            self._touched.pop(digest, None)
+        freed = sum(sizes.values())
+        self._total -= freed
+        return freed
+
+    # Running blocking work off the reactor
+
+    def _now(self) -> float:
+        return self._clock.seconds()
+
+    def _lookup(self, f: Callable[[], T], default: T) -> Deferred[T]:
+        """A lookup on the lookup thread; a failing disk or index answers ``default``."""
+        if not self._open:
+            return succeed(default)
+
+        def failed(failure: Failure) -> T:
+            failure.trap(*_STORAGE_ERRORS)
+            log.error("cache lookup failed: {error}", error=failure.getErrorMessage())
+            return default
+
+        return self._lookups.run(f).addErrback(failed)
+
+    def _write(self, f: Callable[..., T], *args: object) -> Deferred[T | None]:
+        """A write on the write thread; a failure is reported and the write dropped."""
+        if not self._open:
+            return succeed(None)
+
+        def failed(failure: Failure) -> None:
+            failure.trap(*_STORAGE_ERRORS)
+            error = failure.value
+            assert isinstance(error, Exception)
+            self.report_write_failure(error)
+
+        d: Deferred[T | None] = self._writes.run(f, *args)
+        return d.addErrback(failed)
+
+
+class _FileReader:
+    def __init__(self, file: BinaryIO, on_close: Callable[[], None]) -> None:
+        self._file = file
+        self._on_close = on_close
+        self._closed = False
+
+    def read(self, size: int) -> bytes:
+        return self._file.read(size)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._file.close()
+            self._on_close()
+
+
+class _PendingBlob:
+    """A blob being downloaded into ``tmp/``; renamed under its digest on commit."""
+
+    def __init__(self, storage: FilesystemStorage, digest: str, size: int, upstream: str) -> None:
+        self._storage = storage
+        self._digest = digest
+        self._size = size
+        self._upstream = upstream
+        self._path = storage.directory / "tmp" / uuid.uuid4().hex
+        self._file = open(self._path, "xb")
+        self._committed = False
+
+    def write(self, data: bytes) -> None:
+        try:
+            self._file.write(data)
+            # Readers open the file by name and must see every byte written so far.
+            self._file.flush()
+        except OSError as e:
+            self._storage.report_write_failure(e)
+            raise
+
+    def reader(self, offset: int) -> BlobReader:
+        # After the rename, _path names the final file: later readers open that.
+        return self._storage._reader(self._path, self._digest, offset)
+
+    def commit(self) -> Deferred[None]:
+        final = self._storage.path(self._digest)
+        try:
+            self._file.close()
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self._path, final)
+        except OSError as e:
+            self._storage.report_write_failure(e)
+            self.discard()
+            return fail(e)
+        self._path, self._committed = final, True
+        return self._storage._index_blob(self._digest, self._size, self._upstream, None)
+
+    def discard(self) -> None:
+        self._file.close()
+        if not self._committed:
+            self._path.unlink(missing_ok=True)

@@ -1,0 +1,150 @@
+"""The cache index in SQLite: blob sizes, access times, manifest types, sources and tags.
+
+Plain blocking calls on one connection; :mod:`dockermirror.storage.filesystem`
+runs them on worker threads.  WAL mode lets a reading connection go on while
+another (ours, or another process's) writes, and synchronous=NORMAL makes a
+commit durable against a process crash without an fsync on each.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from dockermirror.storage.interface import TagEntry
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS blobs (
+    digest TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    accessed REAL NOT NULL,
+    media_type TEXT
+);
+CREATE INDEX IF NOT EXISTS blobs_by_access ON blobs (accessed);
+CREATE TABLE IF NOT EXISTS sources (
+    digest TEXT NOT NULL,
+    upstream TEXT NOT NULL,
+    PRIMARY KEY (digest, upstream)
+);
+CREATE TABLE IF NOT EXISTS tags (
+    upstream TEXT NOT NULL,
+    repository TEXT NOT NULL,
+    tag TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    checked REAL NOT NULL,
+    PRIMARY KEY (upstream, repository, tag)
+);
+"""
+# How long a write waits for a lock another connection holds before it fails.
+BUSY_TIMEOUT = 5.0
+
+
+class Index:
+    def __init__(self, path: Path, *, writer: bool) -> None:
+        self._path = path
+        self._writer = writer
+        self._db: sqlite3.Connection | None = None
+
+    def connect(self) -> None:
+        # Connected on the worker thread that will use it; closed there or at shutdown.
+        db = sqlite3.connect(self._path, timeout=BUSY_TIMEOUT, check_same_thread=False)
+        try:
+            if self._writer:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+                db.executescript(_SCHEMA)
+            else:
+                db.execute("PRAGMA query_only=1")
+        except sqlite3.Error:
+            db.close()
+            raise
+        self._db = db
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise sqlite3.ProgrammingError("the cache index is not open")
+        return self._db
+
+    # Reading
+
+    def blob_size(self, digest: str, upstream: str) -> int | None:
+        row = self.db.execute(
+            "SELECT size FROM blobs JOIN sources USING (digest) WHERE digest = ? AND upstream = ?",
+            (digest, upstream),
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    def manifest_type(self, digest: str, upstream: str) -> str | None:
+        row = self.db.execute(
+            "SELECT media_type FROM blobs JOIN sources USING (digest)"
+            " WHERE digest = ? AND upstream = ? AND media_type IS NOT NULL",
+            (digest, upstream),
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def tag(self, upstream: str, repository: str, tag: str) -> TagEntry | None:
+        row = self.db.execute(
+            "SELECT digest, checked FROM tags WHERE upstream = ? AND repository = ? AND tag = ?",
+            (upstream, repository, tag),
+        ).fetchone()
+        return None if row is None else TagEntry(row[0], row[1])
+
+    def total(self) -> int:
+        return int(self.db.execute("SELECT COALESCE(SUM(size), 0) FROM blobs").fetchone()[0])
+
+    def digests(self) -> set[str]:
+        return {digest for (digest,) in self.db.execute("SELECT digest FROM blobs")}
+
+    def least_recently_used(self) -> Iterator[tuple[str, int]]:
+        yield from self.db.execute("SELECT digest, size FROM blobs ORDER BY accessed")
+
+    # Writing
+
+    def add_blob(
+        self, digest: str, size: int, upstream: str, media_type: str | None, now: float
+    ) -> bool:
+        """Index a stored blob for ``upstream``; True when the blob was not stored before."""
+        with self.db:
+            existed = self.db.execute("SELECT 1 FROM blobs WHERE digest = ?", (digest,)).fetchone()
+            self.db.execute(
+                "INSERT INTO blobs (digest, size, accessed, media_type) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (digest) DO UPDATE SET accessed = excluded.accessed,"
+                " media_type = COALESCE(excluded.media_type, blobs.media_type)",
+                (digest, size, now, media_type),
+            )
+            self.db.execute("INSERT OR IGNORE INTO sources VALUES (?, ?)", (digest, upstream))
+        return existed is None
+
+    def set_tag(self, upstream: str, repository: str, tag: str, digest: str, now: float) -> None:
+        with self.db:
+            self.db.execute(
+                "INSERT OR REPLACE INTO tags VALUES (?, ?, ?, ?, ?)",
+                (upstream, repository, tag, digest, now),
+            )
+
+    def drop_tag(self, upstream: str, repository: str, tag: str) -> None:
+        with self.db:
+            self.db.execute(
+                "DELETE FROM tags WHERE upstream = ? AND repository = ? AND tag = ?",
+                (upstream, repository, tag),
+            )
+
+    def touch(self, accesses: Iterable[tuple[str, float]]) -> None:
+        with self.db:
+            self.db.executemany(
+                "UPDATE blobs SET accessed = ? WHERE digest = ?",
+                [(when, digest) for digest, when in accesses],
+            )
+
+    def forget(self, digests: Iterable[str]) -> None:
+        rows = [(digest,) for digest in digests]
+        with self.db:
+            self.db.executemany("DELETE FROM blobs WHERE digest = ?", rows)
+            self.db.executemany("DELETE FROM sources WHERE digest = ?", rows)

@@ -1,0 +1,126 @@
+"""The storage seam: what the cache needs of a place to keep blobs, manifests and tags.
+
+Everything that may wait on a disk or a database is asynchronous.  Nothing of
+a filesystem shows: a backend hands out readers and writers, not paths.
+
+Failures stay inside the backend: it logs them, reports itself unwritable for
+a while, and answers as if the thing were not cached (lookups give None,
+writes are dropped), so a broken disk or index turns pulls into pass-through
+pulls, never into errors.  Only opening a blob's bytes raises ``OSError``: the
+caller then fetches the blob again.
+
+``upstream`` strings name an upstream identity (URL and user): content is
+served only to requests for an identity that fetched it, so what was pulled
+with one set of credentials never reaches a route without them.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import attrs
+from twisted.internet.defer import Deferred
+
+
+@attrs.frozen
+class TagEntry:
+    digest: str
+    checked: float  # when the upstream last confirmed the tag (clock seconds)
+
+
+@attrs.frozen
+class StoredManifest:
+    digest: str
+    media_type: str
+    body: bytes
+
+
+class BlobReader(Protocol):
+    """Reads a stored or filling blob from an offset (a fast local read, like Twisted's static)."""
+
+    def read(self, size: int) -> bytes:
+        """Up to ``size`` bytes; fewer (or none) at the end of what is there so far."""
+
+    def close(self) -> None: ...
+
+
+class BlobWriter(Protocol):
+    """A blob being written.  It becomes visible under its digest only by :meth:`commit`."""
+
+    def write(self, data: bytes) -> None:
+        """Append ``data``; ``OSError`` when the storage will not have it."""
+
+    def reader(self, offset: int) -> BlobReader:
+        """A reader of what was written so far, and of what will be; ``OSError`` on failure."""
+
+    def commit(self) -> Deferred[None]:
+        """Keep the blob, whose size and digest the caller checked; fires once indexed."""
+
+    def discard(self) -> None:
+        """Drop what was written."""
+
+
+class BlobStorage(Protocol):
+    max_size: int
+
+    @property
+    def is_open(self) -> bool: ...
+
+    @property
+    def total(self) -> int:
+        """Bytes stored."""
+
+    @property
+    def evicted(self) -> int:
+        """Blobs removed by eviction since start."""
+
+    def open(self) -> Deferred[None]: ...
+
+    def when_open(self) -> Deferred[None]:
+        """Fires once an open under way has ended, either way; at once when none is."""
+
+    def close(self) -> Deferred[None]: ...
+
+    # Blobs
+
+    def blob_size(self, digest: str, upstream: str) -> Deferred[int | None]:
+        """The size of a stored blob that ``upstream`` may be served, else None."""
+
+    def open_blob(self, digest: str, offset: int) -> Deferred[BlobReader]: ...
+
+    def local_path(self, digest: str) -> str | None:
+        """Where a stored blob lies on this machine, for backends that keep local files."""
+
+    def begin_write(self, digest: str, size: int, upstream: str) -> BlobWriter:
+        """Start storing a blob; ``OSError`` when the storage will not have it."""
+
+    def writable(self) -> bool:
+        """Whether new content should be stored now (open, and no recent write failure)."""
+
+    def has_room(self, size: int) -> bool:
+        """Whether a blob of ``size`` bytes fits the cache and the disk."""
+
+    # Manifests and tags
+
+    def manifest(self, digest: str, upstream: str) -> Deferred[StoredManifest | None]: ...
+
+    def put_manifest(
+        self, digest: str, media_type: str, body: bytes, upstream: str
+    ) -> Deferred[None]: ...
+
+    def tag(self, upstream: str, repository: str, tag: str) -> Deferred[TagEntry | None]: ...
+
+    def set_tag(self, upstream: str, repository: str, tag: str, digest: str) -> Deferred[None]:
+        """Bind the tag to ``digest``, confirmed now."""
+
+    def drop_tag(self, upstream: str, repository: str, tag: str) -> Deferred[None]: ...
+
+    # Housekeeping
+
+    def touch(self, digest: str) -> None:
+        """Note an access (for LRU); written in batches by :meth:`flush`."""
+
+    def flush(self) -> Deferred[None]: ...
+
+    def evict(self, busy: set[str]) -> Deferred[int]:
+        """Remove least recently used blobs (but not ``busy`` ones) while over ``max_size``."""

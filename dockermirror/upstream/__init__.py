@@ -1,0 +1,1 @@
+"""The HTTP client side: the only code that talks to upstream registries (through treq)."""

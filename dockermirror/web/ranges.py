@@ -1,0 +1,25 @@
+"""Parsing a client's ``Range`` header (RFC 9110) into the range the domain resolves."""
+
+from __future__ import annotations
+
+import re
+
+from dockermirror.registry.model import RangeRequest
+
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)\Z")
+
+
+def parse_range(value: str | None) -> RangeRequest | None:
+    """One byte range, or None for the whole blob.
+
+    Several ranges, or a header this does not understand, give the whole blob,
+    as RFC 9110 allows.
+    """
+    if value is None:
+        return None
+    match = _RANGE.match(value.strip())
+    if match is None or (not match[1] and not match[2]):
+        return None
+    if not match[1]:
+        return RangeRequest(suffix=int(match[2]))
+    return RangeRequest(first=int(match[1]), last=int(match[2]) if match[2] else None)

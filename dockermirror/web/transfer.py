@@ -1,0 +1,47 @@
+"""Streaming a domain byte stream into a client's response, and ending the response honestly."""
+
+from __future__ import annotations
+
+from twisted.internet.defer import CancelledError
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from dockermirror.registry.model import ByteStream
+
+log = Logger()
+
+
+class StreamResource(Resource):
+    """A leaf resource that sends a byte stream as the body of an already-prepared response.
+
+    The response ends cleanly only when the stream does; a failed stream (the
+    upstream died, a digest did not match, a client stopped reading) aborts the
+    connection, so a client can never take a truncated or corrupt blob for a
+    complete one.  A client that leaves stops the stream.
+    """
+
+    isLeaf = True
+
+    def __init__(self, stream: ByteStream) -> None:
+        super().__init__()
+        self._stream = stream
+
+    def render(self, request: Request) -> int:
+        d = self._stream.deliver(request)
+        request.notifyFinish().addErrback(lambda _: d.cancel())
+        d.addCallbacks(lambda _: request.finish(), self._failed, errbackArgs=(request,))
+        return NOT_DONE_YET
+
+    def _failed(self, failure: Failure, request: Request) -> None:
+        if failure.check(CancelledError):
+            return  # the client went away: nobody to tell
+        log.warn(
+            "aborting response to {client} for {path}: {problem}",
+            client=getattr(request.getClientAddress(), "host", "-"),
+            path=request.path.decode("utf-8", "replace"),
+            problem=failure.getErrorMessage(),
+        )
+        if request.channel is not None:
+            request.channel.forceAbortClient()
