@@ -1,4 +1,4 @@
-"""Service wiring: upstream pools and clients, the registry stack, the cache's upkeep, the site."""
+"""Service wiring: the registry stack, the cache's upkeep, the site."""
 
 from __future__ import annotations
 
@@ -7,11 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool
 
 from dockermirror.auth.tokens import TokenIssuer
 from dockermirror.config import MirrorConfig
@@ -30,24 +29,6 @@ IDLE_CLIENT_TIMEOUT = 5 * 60
 # Access times reach the index this often; eviction and the stats log run on the slower beat.
 FLUSH_INTERVAL = 10.0
 HOUSEKEEPING_INTERVAL = 60.0
-
-
-class UpstreamPools(Service):
-    """Owns one connection pool per upstream registry and closes them on stop."""
-
-    def __init__(self, config: MirrorConfig, reactor: Any) -> None:
-        self.pools: dict[str, HTTPConnectionPool] = {}
-        self.clients: dict[str, UpstreamClient] = {}
-        for name, registry in config.registries.items():
-            pool = HTTPConnectionPool(reactor)
-            pool.maxPersistentPerHost = config.upstream.max_connections_per_host
-            agent = Agent(reactor, connectTimeout=config.upstream.connect_timeout, pool=pool)
-            self.pools[name] = pool
-            self.clients[name] = UpstreamClient(registry, agent, reactor, config.upstream)
-
-    def stopService(self) -> Deferred[Any]:
-        super().stopService()
-        return DeferredList([pool.closeCachedConnections() for pool in self.pools.values()])
 
 
 class CacheService(Service):

@@ -10,7 +10,8 @@ from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
 from dockermirror.config import ConfigError, build_config, load_toml, parse_assignment
-from dockermirror.service import UpstreamPools, build_registry, build_site
+from dockermirror.service import build_registry, build_site
+from dockermirror.upstream.pools import UpstreamPools
 
 
 class Options(usage.Options):

@@ -21,9 +21,10 @@ from twisted.python.usage import UsageError
 from zope.interface.verify import verifyObject
 
 from dockermirror import service as service_module
-from dockermirror.service import CacheService, UpstreamPools
+from dockermirror.service import CacheService
 from dockermirror.storage.workers import InlineWorker
 from dockermirror.tap import Options, makeService
+from dockermirror.upstream.pools import UpstreamPools
 from tests.support.processes import free_port
 
 ROOT = Path(__file__).parent.parent
