@@ -42,6 +42,16 @@ def observe_errors() -> Iterator[list[object]]:
     assert errors == [], errors
 
 
+@pytest.fixture
+def log_events() -> Iterator[list[dict[str, object]]]:
+    """Every log event emitted during the test."""
+    events: list[dict[str, object]] = []
+    observer = cast(ILogObserver, events.append)
+    globalLogPublisher.addObserver(observer)
+    yield events
+    globalLogPublisher.removeObserver(observer)
+
+
 @pytest.fixture(scope="session")
 def containers_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Isolate skopeo and podman from the machine's /etc/containers."""

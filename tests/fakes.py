@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from dockermirror.config import MirrorConfig, build_config
 from dockermirror.service import build_registry, build_site
@@ -47,6 +47,8 @@ class FakeRegistry(Resource):
         self.valid_tokens: set[str] = set()
         # While set, token requests wait here until release_tokens().
         self.held_tokens: list[Request] | None = None
+        # While set, answers token requests instead of the default.
+        self.token_handler: Handler | None = None
 
     def render(self, request: Request) -> bytes | int:
         headers = {
@@ -56,6 +58,8 @@ class FakeRegistry(Resource):
         self.requests.append((request.method.decode(), request.uri.decode(), headers))
         path = request.path.decode()
         if path == "/token":
+            if self.token_handler is not None:
+                return self.token_handler(request)
             if self.held_tokens is not None:
                 self.held_tokens.append(request)
                 return NOT_DONE_YET
@@ -93,6 +97,18 @@ def blob_handler(data: bytes, *, content_type: bytes = b"application/octet-strea
     def handle(request: Request) -> bytes:
         request.setHeader(b"content-type", content_type)
         return data
+
+    return handle
+
+
+def stalling_handler(first_part: bytes, status: int = 200) -> Handler:
+    """Sends headers and the first part of a larger body, then nothing more, ever."""
+
+    def handle(request: Request) -> int:
+        request.setResponseCode(status)
+        request.setHeader(b"content-length", str(len(first_part) * 4).encode())
+        request.write(first_part)
+        return NOT_DONE_YET
 
     return handle
 
@@ -135,11 +151,7 @@ class Harness:
         if self.cache is not None:
             self.cache.startService()
         self.site = build_site(self.config, self.clock, self.registry_stack)
-        # StubTreq builds its methods at run time; mypy cannot see them.
-        self.client: Any = StubTreq(self.site.resource)
-        # Serve through the mirror's own Site (its request type, access log and channel), not
-        # the plain Site that treq's in-memory agent builds.
-        self.client._agent._serverFactory = self.site
+        self.client = stub_client(self.site)
 
     def settle(self) -> None:
         for _ in range(20):
@@ -162,6 +174,18 @@ class Harness:
     def error(self, response: Any) -> tuple[int, str]:
         document = json.loads(self.body(response))
         return response.code, document["errors"][0]["code"]
+
+
+def stub_client(site: Site) -> Any:
+    """An in-memory treq client of ``site``.
+
+    It is served through the mirror's own Site (its request type, access log and
+    channel), not the plain Site that treq's in-memory agent builds.  StubTreq
+    builds its methods at run time; mypy cannot see them.
+    """
+    client: Any = StubTreq(site.resource)
+    client._agent._serverFactory = site
+    return client
 
 
 def result_of(d: Deferred[Any]) -> Any:

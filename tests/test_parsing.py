@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dockermirror.auth.tokens import parse_scope
 from dockermirror.config import MirrorConfig, build_config
@@ -15,8 +17,11 @@ from dockermirror.reference import (
     validate_name,
     validate_reference,
 )
+from dockermirror.registry.mediatypes import acceptable
+from dockermirror.registry.model import RangeNotSatisfiable, RangeRequest
 from dockermirror.routing import route_request
 from dockermirror.upstream.challenge import Challenge, parse_challenges
+from dockermirror.web.ranges import parse_range
 
 SHA = "sha256:" + "a" * 64
 
@@ -164,3 +169,63 @@ def test_unknown_ns_is_denied(config: MirrorConfig) -> None:
     with pytest.raises(RegistryError) as error:
         route_request(config, "mirror.example.com", "redis", "169.254.169.254")
     assert error.value.status == 403
+
+
+@given(
+    first=st.integers(0, 2000), last=st.integers(0, 2000) | st.none(), size=st.integers(0, 1000)
+)
+def test_a_resolved_range_lies_inside_the_blob(first: int, last: int | None, size: int) -> None:
+    header = f"bytes={first}-{'' if last is None else last}"
+    wanted = parse_range(header)
+    assert wanted == RangeRequest(first=first, last=last)
+    try:
+        resolved = wanted.resolve(size)
+    except RangeNotSatisfiable as e:
+        assert first >= size and e.size == size
+        return
+    if resolved is None:  # an invalid range, ignored: the whole blob
+        assert last is not None and last < first
+        return
+    assert 0 <= resolved.first == first <= resolved.last < size
+    assert resolved.last == (size - 1 if last is None else min(last, size - 1))
+
+
+@given(suffix=st.integers(0, 2000), size=st.integers(0, 1000))
+def test_a_suffix_range_is_the_blob_end(suffix: int, size: int) -> None:
+    wanted = parse_range(f"bytes=-{suffix}")
+    assert wanted == RangeRequest(suffix=suffix)
+    try:
+        resolved = wanted.resolve(size)
+    except RangeNotSatisfiable:
+        assert suffix == 0 or size == 0
+        return
+    assert resolved is not None
+    assert (resolved.first, resolved.last) == (max(0, size - suffix), size - 1)
+
+
+@given(st.text(max_size=40))
+def test_any_range_header_parses_or_means_the_whole_blob(header: str) -> None:
+    wanted = parse_range(header)
+    assert wanted is None or isinstance(wanted, RangeRequest)
+
+
+@pytest.mark.parametrize(
+    ("media_type", "accept", "expected"),
+    [
+        ("application/vnd.oci.image.index.v1+json", [], True),
+        ("application/vnd.oci.image.index.v1+json", ["*/*"], True),
+        (
+            "application/vnd.oci.image.index.v1+json",
+            ["a/b", "application/vnd.oci.image.index.v1+json; q=0.5"],
+            True,
+        ),
+        (
+            "application/vnd.oci.image.index.v1+json",
+            ["application/vnd.docker.distribution.manifest.v2+json"],
+            False,
+        ),
+        ("Application/X; charset=utf-8", ["application/x"], True),
+    ],
+)
+def test_acceptable(media_type: str, accept: list[str], expected: bool) -> None:
+    assert acceptable(media_type, accept) is expected

@@ -36,7 +36,7 @@ from dockermirror.config import CacheSettings, Registry
 from dockermirror.errors import RegistryError
 from dockermirror.reference import is_digest
 from dockermirror.registry.fills import Fill
-from dockermirror.registry.mediatypes import ALL_MANIFESTS, acceptable
+from dockermirror.registry.mediatypes import ALL_MANIFESTS, OCTET_STREAM, acceptable
 from dockermirror.registry.model import (
     BlobBody,
     BlobInfo,
@@ -56,7 +56,6 @@ from dockermirror.storage.interface import BlobReader, BlobStorage, StoredManife
 
 log = Logger()
 
-OCTET_STREAM = "application/octet-stream"
 # Failures of the upstream that a stale manifest may paper over.
 _STALE_STATUSES = {429, 502, 503, 504}
 

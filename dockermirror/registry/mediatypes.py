@@ -15,6 +15,8 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 DOCKER_SCHEMA2 = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_SCHEMA1_SIGNED = "application/vnd.docker.distribution.manifest.v1+prettyjws"
 DOCKER_SCHEMA1 = "application/vnd.docker.distribution.manifest.v1+json"
+# What a blob is when nobody says otherwise.
+OCTET_STREAM = "application/octet-stream"
 
 # Lists first: a registry picks the first type it has.
 ALL_MANIFESTS: tuple[str, ...] = (
@@ -45,4 +47,4 @@ def acceptable(media_type: str, accept: Sequence[str]) -> bool:
     if not accept:
         return True
     types = accepted_types(accept)
-    return bool(types & {media_type.lower(), "*/*", "application/*"})
+    return bool(types & {media_type.split(";")[0].strip().lower(), "*/*", "application/*"})

@@ -24,6 +24,7 @@ from dockermirror.errors import (
     RegistryError,
 )
 from dockermirror.reference import digest_of, is_digest, new_hasher
+from dockermirror.registry.mediatypes import OCTET_STREAM
 from dockermirror.registry.model import (
     BlobBody,
     BlobInfo,
@@ -41,7 +42,6 @@ from dockermirror.upstream.client import UpstreamClient
 from dockermirror.upstream.errors import failure_of, upstream_error
 from dockermirror.upstream.response import UpstreamResponse
 
-OCTET_STREAM = "application/octet-stream"
 # Tag lists are not paginated by every registry; a long one is still far below this.
 _MAX_LIST_BYTES = 16 * 1024 * 1024
 _CONTENT_RANGE = re.compile(r"bytes (?:(\d+)-(\d+)|\*)/(\d+|\*)\Z")

@@ -1,0 +1,123 @@
+"""The filesystem storage: the index off the reactor thread, and failures that never reach clients.
+
+The first test runs on the real reactor with real worker threads and a second
+SQLite connection holding a lock, as another process would; the others run the
+mirror in memory with a broken index.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+
+from dockermirror.reference import digest_of
+from dockermirror.registry.caching import CachingRegistry
+from dockermirror.storage.filesystem import FilesystemStorage
+from dockermirror.storage.index import Index
+from dockermirror.storage.workers import ThreadWorker
+from tests.fakes import FakeRegistry, Harness, blob_handler
+
+BLOB = bytes(range(256)) * 40
+DIGEST = digest_of(BLOB)
+BLOB_PATH = f"/v2/library/redis/blobs/{DIGEST}"
+
+
+@pytest_twisted.ensureDeferred
+async def test_lookups_go_on_while_a_write_waits_for_a_lock(tmp_path: Path) -> None:
+    storage = FilesystemStorage(
+        tmp_path,
+        reactor,
+        10**9,
+        0,
+        lookups=ThreadWorker(reactor, "test-lookups"),
+        writes=ThreadWorker(reactor, "test-writes"),
+    )
+    await storage.open()
+    try:
+        await storage.put_manifest(DIGEST, "application/x-m", BLOB, "u")
+        await storage.set_tag("u", "library/redis", "7", DIGEST)
+        other = sqlite3.connect(tmp_path / "index.sqlite", isolation_level=None)
+        other.execute("BEGIN EXCLUSIVE")
+        try:
+            write = storage.set_tag("u", "library/redis", "8", DIGEST)
+            written: list[object] = []
+            write.addBoth(written.append)
+            tag = await storage.tag("u", "library/redis", "7")
+            stored = await storage.manifest(DIGEST, "u")
+            size = await storage.blob_size(DIGEST, "u")
+            # Lookups answered while the write still waits for the other connection's lock.
+            assert written == []
+            assert tag is not None and tag.digest == DIGEST
+            assert stored is not None and stored.body == BLOB
+            assert size == len(BLOB)
+        finally:
+            other.execute("COMMIT")
+            other.close()
+        await write
+        assert (await storage.tag("u", "library/redis", "8")) is not None
+        assert storage.writable()
+    finally:
+        await storage.close()
+
+
+def blob_registry() -> FakeRegistry:
+    registry = FakeRegistry()
+    registry.handlers[BLOB_PATH] = blob_handler(BLOB)
+    return registry
+
+
+def pull_twice(harness: Harness) -> list[tuple[int, bytes]]:
+    results = []
+    for _ in range(2):
+        response = harness.request("GET", BLOB_PATH)
+        results.append((response.code, harness.body(response)))
+    return results
+
+
+def test_corrupt_index_means_streaming_through(tmp_path: Path) -> None:
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "index.sqlite").write_bytes(b"this is not a database" * 100)
+    registry = blob_registry()
+    harness = Harness(registry, {"cache": {"dir": str(tmp_path / "cache")}})
+    assert pull_twice(harness) == [(200, BLOB)] * 2
+    assert registry.paths("GET").count(BLOB_PATH) == 2
+
+
+def fail(*args: Any) -> None:
+    raise sqlite3.OperationalError("attempt to write a readonly database")
+
+
+def test_read_only_index_answers_and_streams_through(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Index, "add_blob", fail)
+    registry = blob_registry()
+    harness = Harness(registry, {"cache": {"dir": str(tmp_path / "cache")}})
+    assert pull_twice(harness) == [(200, BLOB)] * 2
+    assert registry.paths("GET").count(BLOB_PATH) == 2
+    assert isinstance(harness.registry_stack, CachingRegistry)
+    assert not harness.registry_stack.storage.writable()
+
+
+@pytest.mark.parametrize("error", [sqlite3.OperationalError("disk I/O error"), RuntimeError("x")])
+def test_housekeeping_loops_survive_failures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> None:
+    calls: list[object] = []
+
+    def failing_touch(self: Index, accesses: object) -> None:
+        calls.append(accesses)
+        raise error
+
+    monkeypatch.setattr(Index, "touch", failing_touch)
+    harness = Harness(blob_registry(), {"cache": {"dir": str(tmp_path / "cache")}})
+    assert harness.request("GET", BLOB_PATH).code == 200  # stored
+    for _ in range(2):
+        assert harness.request("GET", BLOB_PATH).code == 200  # a hit, noted for the flush
+        harness.clock.advance(11)  # one flush interval
+    assert len(calls) == 2  # the flush loop ran again after its first failure
