@@ -10,7 +10,7 @@ skopeo, podman and containerd synchronously.
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import cast
 
@@ -85,8 +85,26 @@ def front(upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 
 def assert_clean_log(mirror: Mirror) -> None:
+    """No traceback in the mirror's log; a failure shows the first one."""
     log = mirror.peer.output()
-    assert "Traceback" not in log, log[-4000:]
+    where = log.find("Traceback")
+    assert where < 0, log[log.rfind("\n", 0, max(0, where - 200)) + 1 :][:4000]
+
+
+@pytest.fixture
+def new_mirror(tmp_path: Path) -> Iterator[Callable[..., Mirror]]:
+    """Start mirrors of their own on demand; all are stopped and their logs checked afterwards."""
+    started: list[Mirror] = []
+
+    def start(config: str, cache: Path | None = None) -> Mirror:
+        mirror = start_mirror(tmp_path, require("twistd"), config, cache)
+        started.append(mirror)
+        return mirror
+
+    yield start
+    for mirror in started:
+        mirror.stop()
+        assert_clean_log(mirror)
 
 
 @pytest.fixture(scope="session")

@@ -11,37 +11,17 @@ import signal
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import assert_clean_log
 from tests.support.clients import IMAGES, copy, fetch, require, same_tree
 from tests.support.images import Image
-from tests.support.peers import Mirror, Upstream, start_front, start_mirror, start_upstream
+from tests.support.peers import Mirror, Upstream, registry_config, start_front, start_upstream
+from tests.support.processes import wait_for
 
 SMALL = ("schema2", "manifest-list", "oci-index")
-
-
-@pytest.fixture
-def new_mirror(tmp_path: Path) -> Iterator[Callable[..., Mirror]]:
-    """Start mirrors on demand; all are stopped, and their logs checked, afterwards."""
-    started: list[Mirror] = []
-
-    def start(config: str, cache: Path | None = None) -> Mirror:
-        mirror = start_mirror(tmp_path, require("twistd"), config, cache)
-        started.append(mirror)
-        return mirror
-
-    yield start
-    for mirror in started:
-        mirror.stop()
-        assert_clean_log(mirror)
-
-
-def registry(name: str, url: str, extra: str = "") -> str:
-    return f'[registries."{name}"]\nurl = "{url}"\n\n{extra}'
 
 
 def stored(mirror: Mirror) -> dict[str, int]:
@@ -67,13 +47,6 @@ def read_verified(url: str) -> str:
     return "sha256:" + hasher.hexdigest()
 
 
-def wait_for(condition: Callable[[], bool], seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
 @pytest.mark.parametrize("label", sorted(IMAGES))
 def test_second_pull_makes_no_upstream_request(
     label: str,
@@ -82,7 +55,7 @@ def test_second_pull_makes_no_upstream_request(
     containers_env: dict[str, str],
     tmp_path: Path,
 ) -> None:
-    mirror = new_mirror(registry("docker.io", upstream.url))
+    mirror = new_mirror(registry_config("docker.io", upstream.url))
     reference, extra = IMAGES[label]
     copy(containers_env, f"docker://{mirror.address}/{reference}", tmp_path / "cold", *extra)
     mark = upstream.log_mark()
@@ -103,7 +76,7 @@ def test_pulls_keep_working_with_the_upstream_down(
         tmp_path / "own", require("docker-registry"), {k: images[k] for k in SMALL}
     )
     # A short TTL: with the upstream gone, tags are revalidated, fail, and are served stale.
-    mirror = new_mirror(registry("docker.io", own.url, "[cache]\ntag_ttl = 1\n"))
+    mirror = new_mirror(registry_config("docker.io", own.url, "[cache]\ntag_ttl = 1\n"))
     try:
         for label in SMALL:
             reference, extra = IMAGES[label]
@@ -140,7 +113,7 @@ def test_pulls_keep_working_with_the_upstream_down(
 def test_concurrent_clients_share_one_upstream_download(
     upstream: Upstream, new_mirror: Callable[..., Mirror]
 ) -> None:
-    mirror = new_mirror(registry("docker.io", upstream.url))
+    mirror = new_mirror(registry_config("docker.io", upstream.url))
     digest, size = big_layer(upstream)
     path = f"/v2/library/big/blobs/{digest}"
     mark = upstream.log_mark()
@@ -170,7 +143,7 @@ def test_concurrent_clients_share_one_upstream_download(
 def test_fill_goes_on_when_the_client_leaves(
     upstream: Upstream, new_mirror: Callable[..., Mirror]
 ) -> None:
-    mirror = new_mirror(registry("docker.io", upstream.url))
+    mirror = new_mirror(registry_config("docker.io", upstream.url))
     digest, size = big_layer(upstream)
     path = f"/v2/library/big/blobs/{digest}"
     with urllib.request.urlopen(mirror.url + path, timeout=60) as response:
@@ -188,7 +161,7 @@ def test_corrupt_upstream_never_reaches_the_cache(
 ) -> None:
     front = start_front(tmp_path, upstream, "corrupt")
     try:
-        mirror = new_mirror(registry("corrupt.test", front.url))
+        mirror = new_mirror(registry_config("corrupt.test", front.url))
         for attempt in range(2):  # the second finds nothing cached, and fails again
             assert copy_fails(containers_env, mirror, tmp_path / f"try{attempt}")
     finally:
@@ -211,7 +184,7 @@ def test_sigkill_during_a_fill_leaves_nothing_behind(
 ) -> None:
     front = start_front(tmp_path, upstream, "slow")  # 64 MB/s: the fill takes seconds
     try:
-        config = registry("slow.test", front.url)
+        config = registry_config("slow.test", front.url)
         first = new_mirror(config)
         digest, size = big_layer(upstream)
         path = f"/v2/slow.test/library/big/blobs/{digest}"
@@ -250,7 +223,7 @@ def test_max_size_is_respected(
 ) -> None:
     limit = 3000
     mirror = new_mirror(
-        registry("docker.io", upstream.url, f"[cache]\nmax_size = {limit}\nmin_free = 1\n")
+        registry_config("docker.io", upstream.url, f"[cache]\nmax_size = {limit}\nmin_free = 1\n")
     )
     for label in SMALL:
         reference, extra = IMAGES[label]

@@ -12,18 +12,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
-from collections.abc import Iterator
-from contextlib import closing
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import assert_clean_log
-from tests.support.clients import copy, fetch, require, same_tree
+from tests.support.clients import copy, fetch, same_tree
 from tests.support.images import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX
-from tests.support.peers import Mirror, Upstream, start_mirror
-from tests.test_cache_interop import registry, wait_for
+from tests.support.peers import Mirror, Upstream, registry_config
+from tests.support.probes import indexed
+from tests.support.processes import wait_for
 
 NAME = "library/multiarch"
 TAG_PATH = f"/v2/{NAME}/manifests/latest"
@@ -31,12 +29,9 @@ LISTS = f"{DOCKER_LIST}, {OCI_INDEX}"
 
 
 @pytest.fixture
-def cold_mirror(upstream: Upstream, tmp_path: Path) -> Iterator[Mirror]:
+def cold_mirror(upstream: Upstream, new_mirror: Callable[..., Mirror]) -> Mirror:
     """A mirror of its own, with an empty cache: the tag is cold."""
-    mirror = start_mirror(tmp_path, require("twistd"), registry("docker.io", upstream.url))
-    yield mirror
-    mirror.stop()
-    assert_clean_log(mirror)
+    return new_mirror(registry_config("docker.io", upstream.url))
 
 
 def get(base: str, accept: str, token: str = "") -> tuple[int, dict[str, str], bytes]:
@@ -57,11 +52,7 @@ def tag_gets(upstream: Upstream, mark: int) -> list[tuple[str, str, int]]:
 
 
 def bound_digest(mirror: Mirror) -> str | None:
-    with closing(sqlite3.connect(mirror.cache / "index.sqlite")) as db:
-        row = db.execute(
-            "SELECT digest FROM tags WHERE repository = ? AND tag = 'latest'", (NAME,)
-        ).fetchone()
-    return None if row is None else str(row[0])
+    return indexed(mirror)[1].get((NAME, "latest"))
 
 
 def schema2_only_client(upstream: Upstream, mirror: Mirror) -> dict[str, str]:

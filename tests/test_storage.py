@@ -16,11 +16,11 @@ import pytest_twisted
 from twisted.internet import reactor
 
 from dockermirror.reference import digest_of
-from dockermirror.registry.caching import CachingRegistry
+from dockermirror.registry.caching import CachingRegistry, upstream_key
 from dockermirror.storage.filesystem import FilesystemStorage
 from dockermirror.storage.index import Index
 from dockermirror.storage.workers import ThreadWorker
-from tests.fakes import FakeRegistry, Harness, blob_handler
+from tests.fakes import FakeRegistry, Harness, blob_handler, result_of
 
 BLOB = bytes(range(256)) * 40
 DIGEST = digest_of(BLOB)
@@ -92,16 +92,46 @@ def fail(*args: Any) -> None:
     raise sqlite3.OperationalError("attempt to write a readonly database")
 
 
+def manifest(request: Any) -> bytes:
+    request.setHeader(b"content-type", b"application/x-m")
+    return b"{}"
+
+
 def test_read_only_index_answers_and_streams_through(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(Index, "add_blob", fail)
     registry = blob_registry()
+    registry.handlers["/v2/library/redis/manifests/7"] = manifest
     harness = Harness(registry, {"cache": {"dir": str(tmp_path / "cache")}})
+    assert harness.request("GET", "/v2/redis/manifests/7").code == 200
+    assert isinstance(harness.registry_stack, CachingRegistry)
+    storage = harness.registry_stack.storage
+    # The manifest could not be stored, so its tag was not bound to it either.
+    assert (
+        result_of(
+            storage.tag(upstream_key(harness.config.registries["docker.io"]), "library/redis", "7")
+        )
+        is None
+    )
+    assert not storage.writable()
     assert pull_twice(harness) == [(200, BLOB)] * 2
     assert registry.paths("GET").count(BLOB_PATH) == 2
+
+
+def test_a_write_lost_to_a_lock_costs_only_that_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, log_events: list[dict[str, object]]
+) -> None:
+    def locked(*args: Any) -> None:
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(Index, "add_blob", locked)
+    registry = blob_registry()
+    harness = Harness(registry, {"cache": {"dir": str(tmp_path / "cache")}})
+    assert pull_twice(harness) == [(200, BLOB)] * 2
     assert isinstance(harness.registry_stack, CachingRegistry)
-    assert not harness.registry_stack.storage.writable()
+    assert harness.registry_stack.storage.writable()  # the next fill is tried, and stored
+    assert any("write was dropped" in str(e.get("log_format")) for e in log_events)
 
 
 @pytest.mark.parametrize("error", [sqlite3.OperationalError("disk I/O error"), RuntimeError("x")])

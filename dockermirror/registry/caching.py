@@ -168,11 +168,15 @@ class CachingRegistry:
         """Store a fetched manifest (and bind the tag to it) in the background."""
         if manifest.body is None or not self._storage.writable():
             return
+
+        def stored(done: bool) -> Deferred[None] | None:
+            self._evict_soon()
+            if done and tag is not None:  # never a tag that names a manifest not stored
+                return self._storage.set_tag(key, *tag, manifest.digest)
+            return None
+
         d = self._storage.put_manifest(manifest.digest, manifest.media_type, manifest.body, key)
-        if tag is not None:
-            d.addCallback(lambda _: self._storage.set_tag(key, *tag, manifest.digest))
-        d.addCallback(lambda _: self._evict_soon())
-        self._background(d)
+        self._background(d.addCallback(stored))
 
     def _stale_or_raise(
         self,

@@ -265,7 +265,7 @@ class FilesystemStorage:
 
     def put_manifest(
         self, digest: str, media_type: str, body: bytes, upstream: str
-    ) -> Deferred[None]:
+    ) -> Deferred[bool]:
         def store() -> bool:
             temp = self.directory / "tmp" / uuid.uuid4().hex
             temp.write_bytes(body)
@@ -274,9 +274,10 @@ class FilesystemStorage:
             os.replace(temp, final)
             return self._write_index.add_blob(digest, len(body), upstream, media_type, now)
 
-        def stored(new: bool | None) -> None:
+        def stored(new: bool | None) -> bool:
             if new:
                 self._total += len(body)
+            return new is not None
 
         now = self._now()
         return self._write(store).addCallback(stored)
@@ -385,10 +386,19 @@ class FilesystemStorage:
             failure.trap(*_STORAGE_ERRORS)
             error = failure.value
             assert isinstance(error, Exception)
+            if _locked(error):
+                # Another process held the index past the busy timeout: the disk is fine,
+                # so only this write is lost, not a minute of caching.
+                log.warn("cache index busy; a write was dropped: {error}", error=str(error))
+                return
             self.report_write_failure(error)
 
         d: Deferred[T | None] = self._writes.run(f, *args)
         return d.addErrback(failed)
+
+
+def _locked(error: Exception) -> bool:
+    return isinstance(error, sqlite3.OperationalError) and "locked" in str(error)
 
 
 class _FileReader:

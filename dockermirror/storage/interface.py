@@ -106,7 +106,8 @@ class BlobStorage(Protocol):
 
     def put_manifest(
         self, digest: str, media_type: str, body: bytes, upstream: str
-    ) -> Deferred[None]: ...
+    ) -> Deferred[bool]:
+        """Store a manifest; fires with whether it was stored."""
 
     def tag(self, upstream: str, repository: str, tag: str) -> Deferred[TagEntry | None]: ...
 

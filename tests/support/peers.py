@@ -157,6 +157,11 @@ class Mirror:
         self.peer.stop()
 
 
+def registry_config(name: str, url: str, extra: str = "") -> str:
+    """A mirror configuration defining one registry, then ``extra`` TOML."""
+    return f'[registries."{name}"]\nurl = "{url}"\n\n{extra}'
+
+
 def start_mirror(root: Path, twistd: str, config: str, cache: Path | None = None) -> Mirror:
     """``twistd -n dockermirror`` with ``config`` (TOML without [server] and [cache] dir)."""
     port = free_port()

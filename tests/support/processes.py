@@ -6,7 +6,7 @@ import os
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 
@@ -86,3 +86,11 @@ class Peer:
                 self.process.kill()
                 self.process.wait()
         self._out.close()
+
+
+def wait_for(condition: Callable[[], bool], seconds: float = 60) -> None:
+    """Poll until ``condition`` holds; fail the test after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
