@@ -78,7 +78,10 @@ def test_wheel_contains_the_plugin(tmp_path: Path) -> None:
     (wheel,) = tmp_path.glob("dockermirror-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "twisted/plugins/dockermirror_plugin.py" in names
-    assert "dockermirror/templates/index.html" in names
+    assert "dockermirror/web/templates/index.html" in names
+    # Every layer's package, from a clean tree: setup.cfg lists packages by hand.
+    sources = {str(p.relative_to(ROOT)) for p in (ROOT / "dockermirror").rglob("*.py")}
+    assert sources <= set(names), sources - set(names)
     assert not any(n.startswith("twisted/") and n.endswith("__init__.py") for n in names)
 
 
