@@ -1,7 +1,7 @@
 """The OCI error codes the mirror speaks and the one exception type that carries them.
 
 Codes and statuses follow the distribution-spec "Error Codes" table, plus the
-UNAVAILABLE and TOOMANYREQUESTS codes that distribution registers.  Every layer
+UNAVAILABLE, TOOMANYREQUESTS and RANGE_INVALID codes that distribution registers.  Every layer
 raises :class:`RegistryError`; only :mod:`dockermirror.web.errors` renders it.
 """
 
@@ -26,6 +26,8 @@ MANIFEST_UNKNOWN = ErrorCode("MANIFEST_UNKNOWN", 404, "manifest unknown")
 NAME_INVALID = ErrorCode("NAME_INVALID", 400, "invalid repository name")
 NAME_UNKNOWN = ErrorCode("NAME_UNKNOWN", 404, "repository name not known to registry")
 SIZE_INVALID = ErrorCode("SIZE_INVALID", 400, "provided length did not match content length")
+# Registered by distribution: a Range that no byte of the blob satisfies.
+RANGE_INVALID = ErrorCode("RANGE_INVALID", 416, "invalid content range")
 UNAUTHORIZED = ErrorCode("UNAUTHORIZED", 401, "authentication required")
 DENIED = ErrorCode("DENIED", 403, "requested access to the resource is denied")
 UNSUPPORTED = ErrorCode("UNSUPPORTED", 405, "the operation is unsupported")
@@ -43,6 +45,7 @@ CODES: dict[str, ErrorCode] = {
         NAME_INVALID,
         NAME_UNKNOWN,
         SIZE_INVALID,
+        RANGE_INVALID,
         UNAUTHORIZED,
         DENIED,
         UNSUPPORTED,
@@ -76,6 +79,9 @@ class RegistryError(Exception):
         self.message = message if message is not None else code.message
         # Seconds (or an HTTP date) after which a TOOMANYREQUESTS client may try again.
         self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        return f"{self.code.code}: {self.message}"
 
     def body(self) -> bytes:
         error = {"code": self.code.code, "message": self.message, "detail": self.detail}

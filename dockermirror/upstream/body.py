@@ -102,7 +102,7 @@ class TimedBody(TwistedProtocol):
         if reason.check(ResponseDone, PotentialDataLoss):
             self._sink.body_end(None)
         else:
-            problem = f"body cut short: {reason.getErrorMessage()}"
+            problem = "the connection ended before the body did"
             self._sink.body_end(upstream_error(self._registry, 502, problem))
 
     def fail(self, problem: Exception) -> None:

@@ -7,6 +7,7 @@ import json
 from hyperlink import DecodedURL
 from twisted.web.resource import IResource
 
+from dockermirror.errors import RANGE_INVALID, RegistryError
 from dockermirror.registry.model import (
     BlobInfo,
     BlobSource,
@@ -17,6 +18,7 @@ from dockermirror.registry.model import (
     TagPage,
 )
 from dockermirror.routing import Target
+from dockermirror.web.errors import render_error
 from dockermirror.web.ranges import parse_range
 from dockermirror.web.requests import header, query_values
 from dockermirror.web.site import MirrorRequest
@@ -49,11 +51,9 @@ async def render_blob(request: MirrorRequest, source: BlobSource) -> bytes | IRe
     try:
         body = await source.open(parse_range(header(request, b"range")))
     except RangeNotSatisfiable as e:
-        request.setResponseCode(416)
-        request.setHeader(
-            b"content-range", f"bytes */{'*' if e.size is None else e.size}".encode()
-        )
-        return b""
+        size = "*" if e.size is None else str(e.size)
+        request.setHeader(b"content-range", f"bytes */{size}".encode())
+        return render_error(request, RegistryError(RANGE_INVALID, {"size": e.size}))
     _blob_headers(request, body.info)
     if body.range is not None:
         request.setResponseCode(206)
