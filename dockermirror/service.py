@@ -8,6 +8,7 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -34,13 +35,16 @@ HOUSEKEEPING_INTERVAL = 60.0
 class CacheService(Service):
     """Opens the storage before the mirror listens; flushes, evicts and reports while it runs.
 
-    A storage that cannot be opened is logged and the mirror streams everything
-    through: a broken disk must not stop pulls.  Until it is open (the index is
-    checked against the files at start), pulls stream through too.
+    Requests that come while the storage opens (the index is checked against the
+    files) wait for it.  A storage that cannot be opened is logged, the mirror
+    streams everything through (a broken disk must not stop pulls), and the
+    storage is tried again a minute later.
     """
 
     def __init__(self, storage: FilesystemStorage, cache: CachingRegistry, reactor: Any) -> None:
         self._storage = storage
+        self._reactor = reactor
+        self._retry: IDelayedCall | None = None
         self._loops = [
             (LoopingCall(_surviving, "flush", storage.flush), FLUSH_INTERVAL),
             (LoopingCall(_surviving, "eviction", cache.evict), HOUSEKEEPING_INTERVAL),
@@ -51,6 +55,10 @@ class CacheService(Service):
 
     def startService(self) -> None:
         super().startService()
+        self._open()
+
+    def _open(self) -> None:
+        self._retry = None
         self._storage.open().addCallbacks(self._opened, self._not_opened)
 
     def _opened(self, _: object) -> None:
@@ -60,13 +68,19 @@ class CacheService(Service):
 
     def _not_opened(self, failure: Failure) -> None:
         log.error(
-            "cannot open the cache in {directory}: {error}; streaming everything through",
+            "cannot open the cache in {directory}: {error}; streaming everything through,"
+            " trying again in {seconds:.0f}s",
             directory=str(self._storage.directory),
             error=failure.getErrorMessage(),
+            seconds=HOUSEKEEPING_INTERVAL,
         )
+        if self.running:
+            self._retry = self._reactor.callLater(HOUSEKEEPING_INTERVAL, self._open)
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
         for loop, _ in self._loops:
             if loop.running:
                 loop.stop()

@@ -14,9 +14,11 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.defer import gatherResults
 
 from dockermirror.reference import digest_of
 from dockermirror.registry.caching import CachingRegistry, upstream_key
+from dockermirror.storage import index
 from dockermirror.storage.filesystem import FilesystemStorage
 from dockermirror.storage.index import Index
 from dockermirror.storage.workers import ThreadWorker
@@ -29,14 +31,7 @@ BLOB_PATH = f"/v2/library/redis/blobs/{DIGEST}"
 
 @pytest_twisted.ensureDeferred
 async def test_lookups_go_on_while_a_write_waits_for_a_lock(tmp_path: Path) -> None:
-    storage = FilesystemStorage(
-        tmp_path,
-        reactor,
-        10**9,
-        0,
-        lookups=ThreadWorker(reactor, "test-lookups"),
-        writes=ThreadWorker(reactor, "test-writes"),
-    )
+    storage = threaded_storage(tmp_path)
     await storage.open()
     try:
         await storage.put_manifest(DIGEST, "application/x-m", BLOB, "u")
@@ -65,6 +60,50 @@ async def test_lookups_go_on_while_a_write_waits_for_a_lock(tmp_path: Path) -> N
         await storage.close()
 
 
+def threaded_storage(directory: Path, max_size: int = 10**9) -> FilesystemStorage:
+    return FilesystemStorage(
+        directory,
+        reactor,
+        max_size,
+        0,
+        lookups=ThreadWorker(reactor, "test-lookups"),
+        writes=ThreadWorker(reactor, "test-writes"),
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_closing_does_not_wait_for_a_lock_held_elsewhere(tmp_path: Path) -> None:
+    storage = threaded_storage(tmp_path)
+    await storage.open()
+    other = sqlite3.connect(tmp_path / "index.sqlite", isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        storage.touch(DIGEST)  # a flush to make on close
+        writes = [storage.set_tag("u", "r", str(i), DIGEST) for i in range(5)]
+        # Five writes of 5 s each would hold shutdown for 25 s; this fails after 15 s.
+        await storage.close().addTimeout(15, reactor)
+        assert all(w.called for w in writes)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_evictions_do_not_overlap(tmp_path: Path) -> None:
+    storage = threaded_storage(tmp_path, max_size=10 * 1000)
+    await storage.open()
+    try:
+        for i in range(20):
+            body = bytes([i]) * 1000
+            await storage.put_manifest(digest_of(body), "application/x-m", body, "u")
+        assert storage.total == 20 * 1000
+        # Two runs asked for at once: the second must not remove as much again.
+        await gatherResults([storage.evict(set()), storage.evict(set())])
+        assert 8 * 1000 <= storage.total <= 9 * 1000
+    finally:
+        await storage.close()
+
+
 def blob_registry() -> FakeRegistry:
     registry = FakeRegistry()
     registry.handlers[BLOB_PATH] = blob_handler(BLOB)
@@ -79,13 +118,18 @@ def pull_twice(harness: Harness) -> list[tuple[int, bytes]]:
     return results
 
 
-def test_corrupt_index_means_streaming_through(tmp_path: Path) -> None:
+def test_corrupt_index_means_streaming_through_until_it_opens(tmp_path: Path) -> None:
     (tmp_path / "cache").mkdir()
     (tmp_path / "cache" / "index.sqlite").write_bytes(b"this is not a database" * 100)
     registry = blob_registry()
     harness = Harness(registry, {"cache": {"dir": str(tmp_path / "cache")}})
     assert pull_twice(harness) == [(200, BLOB)] * 2
     assert registry.paths("GET").count(BLOB_PATH) == 2
+    # The operator removes the broken index; the cache is tried again a minute later.
+    (tmp_path / "cache" / "index.sqlite").unlink()
+    harness.clock.advance(61)
+    assert pull_twice(harness) == [(200, BLOB)] * 2
+    assert registry.paths("GET").count(BLOB_PATH) == 3  # the second was a hit
 
 
 def fail(*args: Any) -> None:
@@ -126,6 +170,7 @@ def test_a_write_lost_to_a_lock_costs_only_that_write(
         raise sqlite3.OperationalError("database is locked")
 
     monkeypatch.setattr(Index, "add_blob", locked)
+    monkeypatch.setattr(index, "BUSY_TIMEOUT", 0.0)  # give up at once, not after 5 s of retries
     registry = blob_registry()
     harness = Harness(registry, {"cache": {"dir": str(tmp_path / "cache")}})
     assert pull_twice(harness) == [(200, BLOB)] * 2

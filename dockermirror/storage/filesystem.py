@@ -48,6 +48,8 @@ WRITE_RETRY = 60.0
 # Eviction frees space down to this share of max_size, so it does not run on every fill.
 _LOW_WATER = 0.9
 _STORAGE_ERRORS = (OSError, sqlite3.Error)
+# How long closing waits for index calls held up by a lock another process holds.
+CLOSE_GRACE = 2.0
 
 
 class FilesystemStorage:
@@ -76,6 +78,7 @@ class FilesystemStorage:
         self._evicted = 0
         self._touched: dict[str, float] = {}
         self._unwritable_until = 0.0
+        self._evicting = False
         # Blobs being read right now: eviction leaves them alone.
         self._readers: Counter[str] = Counter()
 
@@ -98,7 +101,8 @@ class FilesystemStorage:
         self._lookups.start()
         self._writes.start()
         self._opening = []
-        d = self._writes.run(self._prepare).addCallback(self._prepared)
+        d = self._writes.run(self._write_index.retrying, self._prepare)
+        d.addCallback(self._prepared)
         d.addCallback(lambda _: self._lookups.run(self._lookup_index.connect))
         return d.addCallback(self._opened).addBoth(self._open_ended)
 
@@ -137,17 +141,26 @@ class FilesystemStorage:
         self._open = True
 
     def close(self) -> Deferred[None]:
+        """Flush and close; calls still waiting for a lock after CLOSE_GRACE are given up."""
         was_open, self._open = self._open, False
+        grace = self._clock.callLater(CLOSE_GRACE, self._abandon)
         d = self._flush() if was_open else succeed(None)
         d.addBoth(lambda _: self._writes.run(self._write_index.close))
         d.addBoth(lambda _: self._lookups.run(self._lookup_index.close))
 
         def stop(_: object) -> None:
+            if grace.active():
+                grace.cancel()
             self._lookups.stop()
             self._writes.stop()
 
         d.addBoth(stop)
         return d
+
+    def _abandon(self) -> None:
+        log.warn("the cache index is locked elsewhere; closing without waiting for it")
+        self._write_index.abandon()
+        self._lookup_index.abandon()
 
     def _reconcile(self) -> tuple[int, int]:
         """Files and index rows agree: drop files without rows and rows without files."""
@@ -270,9 +283,15 @@ class FilesystemStorage:
             temp = self.directory / "tmp" / uuid.uuid4().hex
             temp.write_bytes(body)
             final = self.path(digest)
+            existed = final.exists()
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(temp, final)
-            return self._write_index.add_blob(digest, len(body), upstream, media_type, now)
+            try:
+                return self._write_index.add_blob(digest, len(body), upstream, media_type, now)
+            except sqlite3.Error:
+                if not existed:  # a file the index does not know would escape max_size
+                    final.unlink(missing_ok=True)
+                raise
 
         def stored(new: bool | None) -> bool:
             if new:
@@ -313,8 +332,10 @@ class FilesystemStorage:
 
     def evict(self, busy: set[str]) -> Deferred[int]:
         """Remove least recently used blobs until the cache is below its low-water mark."""
-        if not self._open or self._total <= self.max_size:
+        if not self._open or self._total <= self.max_size or self._evicting:
+            # One run at a time: a second, sized from the same total, would remove as much again.
             return succeed(0)
+        self._evicting = True
         keep = busy | set(self._readers)
         excess = self._total - int(self.max_size * _LOW_WATER)
 
@@ -346,7 +367,12 @@ class FilesystemStorage:
             )
             return len(victims)
 
-        return self._flush().addCallback(lambda _: self._write(remove)).addCallback(removed)
+        def done(result: T) -> T:
+            self._evicting = False
+            return result
+
+        d = self._flush().addCallback(lambda _: self._write(remove)).addCallback(removed)
+        return d.addBoth(done)
 
     def _forget(self, sizes: dict[str, int]) -> None:
         self._write(self._write_index.forget, list(sizes)).addCallback(
@@ -375,7 +401,7 @@ class FilesystemStorage:
             log.error("cache lookup failed: {error}", error=failure.getErrorMessage())
             return default
 
-        return self._lookups.run(f).addErrback(failed)
+        return self._lookups.run(self._lookup_index.retrying, f).addErrback(failed)
 
     def _write(self, f: Callable[..., T], *args: object) -> Deferred[T | None]:
         """A write on the write thread; a failure is reported and the write dropped."""
@@ -393,7 +419,7 @@ class FilesystemStorage:
                 return
             self.report_write_failure(error)
 
-        d: Deferred[T | None] = self._writes.run(f, *args)
+        d: Deferred[T | None] = self._writes.run(self._write_index.retrying, f, *args)
         return d.addErrback(failed)
 
 

@@ -9,10 +9,14 @@ commit durable against a process crash without an fsync on each.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 from dockermirror.storage.interface import TagEntry
+
+T = TypeVar("T")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS blobs (
@@ -36,8 +40,11 @@ CREATE TABLE IF NOT EXISTS tags (
     PRIMARY KEY (upstream, repository, tag)
 );
 """
-# How long a write waits for a lock another connection holds before it fails.
+# How long a call waits for a lock another connection holds before it fails.  SQLite's own
+# wait cannot be interrupted, so it waits briefly and the wait is retried here, where
+# abandon() can end it: shutdown never waits out the whole timeout.
 BUSY_TIMEOUT = 5.0
+_SQLITE_WAIT = 0.1
 
 
 class Index:
@@ -45,10 +52,13 @@ class Index:
         self._path = path
         self._writer = writer
         self._db: sqlite3.Connection | None = None
+        self._abandoned = False
 
     def connect(self) -> None:
         # Connected on the worker thread that will use it; closed there or at shutdown.
-        db = sqlite3.connect(self._path, timeout=BUSY_TIMEOUT, check_same_thread=False)
+        self.close()
+        self._abandoned = False
+        db = sqlite3.connect(self._path, timeout=_SQLITE_WAIT, check_same_thread=False)
         try:
             if self._writer:
                 db.execute("PRAGMA journal_mode=WAL")
@@ -65,6 +75,22 @@ class Index:
         if self._db is not None:
             self._db.close()
             self._db = None
+
+    def abandon(self) -> None:
+        """Make calls waiting for a lock, and calls not begun yet, fail at once (any thread)."""
+        self._abandoned = True
+
+    def retrying(self, f: Callable[..., T], *args: Any) -> T:
+        """``f(*args)``, tried again while another connection holds a lock, up to BUSY_TIMEOUT."""
+        deadline = time.monotonic() + BUSY_TIMEOUT
+        while True:
+            if self._abandoned:
+                raise sqlite3.OperationalError("the cache index is closing")
+            try:
+                return f(*args)
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
 
     @property
     def db(self) -> sqlite3.Connection:

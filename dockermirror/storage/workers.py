@@ -34,6 +34,8 @@ class ThreadWorker:
         self._trigger: Any = None
 
     def start(self) -> None:
+        if self._pool.started:
+            return
         self._pool.start()
         # As for the reactor's own thread pool: a thread left running would keep the
         # process from exiting, whatever happened to the storage's orderly close.
