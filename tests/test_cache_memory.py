@@ -479,3 +479,65 @@ def test_tags_resolved_by_head_are_remembered_once_their_manifest_is_stored(
         [digest],
     )
     assert len(registry.requests) == before
+
+
+def nothing_stored(harness: Harness) -> bool:
+    store_dir = Path(harness.config.cache.dir)
+    return not any((store_dir / "tmp").iterdir()) and not storage(harness).path(DIGEST).exists()
+
+
+def test_a_fill_nobody_reads_stops_at_detached_fill_max(
+    registry: FakeRegistry, cached: Callable[..., Harness]
+) -> None:
+    """The only client asked for a range past the end: no reader ever joins the fill."""
+    SlowBlob(registry)
+    harness = cached(registry, detached_fill_max=1000)
+    response = harness.request("GET", BLOB_PATH, headers={"Range": f"bytes={len(BLOB)}-"})
+    assert response.code == 416
+    harness.clock.advance(0)
+    harness.settle()
+    assert nothing_stored(harness)
+
+
+def test_a_client_that_leaves_before_the_upstream_answers_leaves_no_fill(
+    registry: FakeRegistry, cached: Callable[..., Harness]
+) -> None:
+    held: list[Request] = []
+
+    def hold(request: Request) -> int:
+        held.append(request)
+        return NOT_DONE_YET
+
+    registry.handlers[BLOB_PATH] = hold
+    harness = cached(registry, detached_fill_max=1000)
+    d = harness.client.get("http://mirror.test" + BLOB_PATH)
+    harness.settle()
+    d.addErrback(lambda _: None)
+    d.cancel()  # the client goes away while the mirror waits for the upstream's headers
+    harness.settle()
+    (request,) = held
+    request.setHeader(b"content-length", str(len(BLOB)).encode())
+    request.write(BLOB[:1000])
+    harness.settle()
+    harness.clock.advance(0)
+    harness.settle()
+    assert nothing_stored(harness)
+
+
+def test_a_slow_fill_keeps_its_readers(
+    registry: FakeRegistry, cached: Callable[..., Harness], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Less than a wake-up batch per idle timeout still counts as progress for readers."""
+    monkeypatch.setattr(fills, "NOTIFY_EVERY", 512 * 1024)
+    upstream = SlowBlob(registry)
+    harness = cached(registry)  # idle_timeout: 60 s, the default
+    d = harness.client.get("http://mirror.test" + BLOB_PATH)
+    harness.settle()
+    assert upstream.request is not None
+    half, step = len(BLOB) // 2, 4096
+    for offset in range(half, len(BLOB), step):
+        harness.clock.advance(20)  # three steps per idle timeout
+        upstream.request.write(BLOB[offset : offset + step])
+        harness.settle()
+    # The last write completed the Content-Length: the body is whole.
+    assert harness.body(result_of(d)) == BLOB

@@ -256,7 +256,9 @@ class CachingRegistry:
         except OSError:
             _close_unread(body)
             return None
-        fill = Fill(writer, source.digest, key, size, self._settings.detached_fill_max)
+        fill = Fill(
+            writer, source.digest, key, size, self._settings.detached_fill_max, self._clock
+        )
         self._fills[(key, source.digest)] = fill
         fill.when_ended(self._fill_ended)
         fill.start(body.stream)

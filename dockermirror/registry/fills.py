@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IConsumer, IProducer
+from twisted.internet.interfaces import IConsumer, IProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -29,8 +29,10 @@ from dockermirror.storage.interface import BlobReader, BlobWriter
 log = Logger()
 
 # Readers following a fill are woken once per this many new bytes, not once per network read:
-# with many readers, per-read wake-ups cost more than the copying.
+# with many readers, per-read wake-ups cost more than the copying.  On a slow upstream, at
+# least this often, so that a reader's no-progress timer sees the progress.
 NOTIFY_EVERY = 512 * 1024
+NOTIFY_SECONDS = 1.0
 
 
 class FillFailed(Exception):
@@ -44,7 +46,13 @@ class Fill:
     RUNNING, COMPLETE, FAILED = "running", "complete", "failed"
 
     def __init__(
-        self, writer: BlobWriter, digest: str, upstream: str, size: int, detached_max: int
+        self,
+        writer: BlobWriter,
+        digest: str,
+        upstream: str,
+        size: int,
+        detached_max: int,
+        clock: IReactorTime,
     ) -> None:
         self.digest = digest
         self.upstream = upstream
@@ -54,7 +62,9 @@ class Fill:
         self.written = 0
         self._writer = writer
         self._detached_max = detached_max
+        self._clock = clock
         self._announced = 0
+        self._announced_at = clock.seconds()
         self._readers = 0
         self._listeners: list[Callable[[], None]] = []
         self._ended: list[Callable[[Fill], None]] = []
@@ -63,6 +73,9 @@ class Fill:
     def start(self, stream: ByteStream) -> None:
         self._transfer = stream.deliver(self)
         self._transfer.addCallbacks(self._received, self._failed)
+        # The clients that asked join in this turn of the reactor; if none did (the range they
+        # asked for is past the end, they left while the upstream answered), none will.
+        self._clock.callLater(0, self._check_detached)
 
     def reader(self, offset: int) -> BlobReader:
         return self._writer.reader(offset)
@@ -89,6 +102,9 @@ class Fill:
 
     def reader_left(self) -> None:
         self._readers -= 1
+        self._check_detached()
+
+    def _check_detached(self) -> None:
         if not self._readers and self.state == self.RUNNING and self.size > self._detached_max:
             self._abort(f"no client left and the blob is larger than {self._detached_max} bytes")
 
@@ -109,7 +125,10 @@ class Fill:
             self._abort(f"cannot write to the cache: {e.strerror}")
             return
         self.written += len(data)
-        if self.written - self._announced >= NOTIFY_EVERY:
+        if (
+            self.written - self._announced >= NOTIFY_EVERY
+            or self._clock.seconds() - self._announced_at >= NOTIFY_SECONDS
+        ):
             self._notify()
 
     def _received(self, _: None) -> None:
@@ -144,6 +163,6 @@ class Fill:
             callback(self)
 
     def _notify(self) -> None:
-        self._announced = self.written
+        self._announced, self._announced_at = self.written, self._clock.seconds()
         for callback in list(self._listeners):
             callback()
