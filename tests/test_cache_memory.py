@@ -541,3 +541,24 @@ def test_a_slow_fill_keeps_its_readers(
         harness.settle()
     # The last write completed the Content-Length: the body is whole.
     assert harness.body(result_of(d)) == BLOB
+
+
+def test_a_blob_that_cannot_be_cached_costs_one_upstream_get(
+    registry: FakeRegistry, cached: Callable[..., Harness]
+) -> None:
+    def chunked(request: Request) -> int:  # no Content-Length: nothing to size a fill by
+        request.write(BLOB[:1000])
+        request.write(BLOB[1000:])
+        request.finish()
+        return NOT_DONE_YET
+
+    registry.handlers[BLOB_PATH] = chunked
+    harness = cached(registry)
+    response, body = get(harness, BLOB_PATH)
+    assert (response.code, outcome(response), body) == (200, "MISS", BLOB)
+    assert registry.paths("GET").count(BLOB_PATH) == 1
+    # A range asks the upstream itself (this one ignores ranges); the whole body the
+    # attempted fill opened is dropped.
+    response, body = get(harness, BLOB_PATH, headers={"Range": "bytes=0-9"})
+    assert (response.code, body) == (200, BLOB)
+    assert registry.paths("GET").count(BLOB_PATH) == 3

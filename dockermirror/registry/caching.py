@@ -235,27 +235,25 @@ class CachingRegistry:
         fill = self._fills.get((key, digest))
         return None if fill is None or fill.state == Fill.FAILED else fill
 
-    def start_fill(self, key: str, source: BlobSource) -> tuple[Deferred[Fill | None], bool]:
+    def start_fill(self, key: str, source: BlobSource) -> tuple[Deferred[Fill | _Unstored], bool]:
         """The fill of ``source``'s blob, started once for all concurrent callers.
 
-        None when the blob cannot be cached (no length, no room, storage failing);
-        and whether this caller joined a start already under way.
+        An :class:`_Unstored` body when the blob cannot be cached (no length, no
+        room, storage failing); and whether this caller joined a start under way.
         """
         return self._coalescer.run(
             ("blob", key, source.digest), lambda: self._start_fill(key, source)
         )
 
-    async def _start_fill(self, key: str, source: BlobSource) -> Fill | None:
+    async def _start_fill(self, key: str, source: BlobSource) -> Fill | _Unstored:
         body = await source.open(None)
         size = body.length
         if body.range is not None or size is None or not self._storage.has_room(size):
-            _close_unread(body)
-            return None
+            return self._unstored(body)
         try:
             writer = self._storage.begin_write(source.digest, size, key)
         except OSError:
-            _close_unread(body)
-            return None
+            return self._unstored(body)
         fill = Fill(
             writer, source.digest, key, size, self._settings.detached_fill_max, self._clock
         )
@@ -263,6 +261,13 @@ class CachingRegistry:
         fill.when_ended(self._fill_ended)
         fill.start(body.stream)
         return fill
+
+    def _unstored(self, body: BlobBody) -> _Unstored:
+        unstored = _Unstored(body)
+        # The callers waiting for it resume in this turn of the reactor; if none took it
+        # (they all left), its upstream connection must not stay open.
+        self._clock.callLater(0, unstored.drop)
+        return unstored
 
     def _fill_ended(self, fill: Fill) -> None:
         self._fills.pop((fill.upstream, fill.digest), None)
@@ -342,14 +347,23 @@ class _ColdBlob:
         fill = self._cache.running_fill(self._key, self.digest)
         if fill is None and self._cache.storage.writable():
             d, joined = self._cache.start_fill(self._key, self._inner)
-            fill = await d
-            outcome = COALESCED if joined else MISS
+            started = await d
+            if isinstance(started, _Unstored):
+                # Not cacheable: the body already asked for serves the first client that
+                # wants it whole; anyone else asks the upstream for what they want.
+                body = started.take() if wanted is None else None
+                if body is not None:
+                    return self._missed(body)
+            else:
+                fill, outcome = started, COALESCED if joined else MISS
         if fill is not None and fill.state != Fill.FAILED:
             try:
                 return self._from_fill(fill, wanted, outcome)
             except OSError:
                 pass  # the fill's file is gone (storing it failed): ask the upstream
-        body = await self._inner.open(wanted)
+        return self._missed(await self._inner.open(wanted))
+
+    def _missed(self, body: BlobBody) -> BlobBody:
         return attrs.evolve(body, info=attrs.evolve(body.info, outcome=self._cache.count(MISS)))
 
     def _from_fill(
@@ -397,6 +411,22 @@ class _StoredBlob:
 
     def direct_url(self) -> str | None:
         return None
+
+
+class _Unstored:
+    """An opened upstream body the cache could not keep: one caller may take it."""
+
+    def __init__(self, body: BlobBody) -> None:
+        self._body: BlobBody | None = body
+
+    def take(self) -> BlobBody | None:
+        body, self._body = self._body, None
+        return body
+
+    def drop(self) -> None:
+        body = self.take()
+        if body is not None:
+            _close_unread(body)
 
 
 @implementer(IConsumer)
