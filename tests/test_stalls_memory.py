@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from twisted.web.server import NOT_DONE_YET
 
 from dockermirror.reference import digest_of
 from tests.fakes import FakeRegistry, Harness, dying_handler, result_of, stalling_handler
@@ -93,3 +94,26 @@ def test_stalled_error_body_still_gives_the_error(cached: dict[str, Any]) -> Non
     expire(harness)
     # The upstream's own code was never read whole: the mirror's default for a 404.
     assert errors(harness, pending) == [(404, "MANIFEST_UNKNOWN")] * 3
+
+
+def test_the_small_body_deadline_counts_from_the_request(cached: dict[str, Any]) -> None:
+    """Headers just in time, then a stall: 504 at response_timeout, not twice that."""
+    held: list[Any] = []
+
+    def hold(request: Any) -> int:
+        held.append(request)
+        return NOT_DONE_YET
+
+    registry = FakeRegistry()
+    registry.handlers[PATH] = hold
+    harness = Harness(registry, cached)
+    pending = waiters(harness, 1)
+    timeout = harness.config.upstream.response_timeout
+    harness.clock.advance(timeout - 1)
+    (request,) = held
+    request.setHeader(b"content-length", b"100")
+    request.write(b'{"schemaVersion"')
+    harness.settle()
+    harness.clock.advance(1.5)
+    harness.settle()
+    assert errors(harness, pending) == [(504, "UNAVAILABLE")]

@@ -200,6 +200,7 @@ class UpstreamClient:
     async def _once(
         self, method: bytes, url: EncodedURL, headers: Mapping[bytes, Sequence[bytes]]
     ) -> UpstreamResponse:
+        sent = self._clock.seconds()
         d = self._http.request(
             method.decode("ascii"),
             url,
@@ -238,6 +239,7 @@ class UpstreamClient:
             registry=self.registry.name,
             clock=self._clock,
             settings=self._settings,
+            sent=sent,
         )
 
 

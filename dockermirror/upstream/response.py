@@ -27,12 +27,15 @@ class UpstreamResponse:
         registry: str,
         clock: IReactorTime,
         settings: UpstreamSettings,
+        sent: float,
     ) -> None:
         self._response = response
         self._head = head
         self.registry = registry
         self._clock = clock
         self._settings = settings
+        # When the request went out: a small body's deadline counts from here.
+        self._sent = sent
 
     @property
     def code(self) -> int:
@@ -60,16 +63,18 @@ class UpstreamResponse:
     def collect(self, limit: int) -> Deferred[bytes]:
         """The whole body; fails with BodyTooLarge past ``limit`` bytes, 504/502 when it stalls.
 
-        A small body must arrive within ``response_timeout`` as a whole, not just
-        keep trickling: one stalled manifest must not hold its waiters for long.
+        A small body must arrive whole within ``response_timeout`` of the request,
+        headers included, not just keep trickling: one stalled manifest must not
+        hold its waiters for long.
         """
         sink = Collector(limit)
+        elapsed = self._clock.seconds() - self._sent
         sink.body = TimedBody(
             sink,
             self._clock,
             self.registry,
             self._settings.idle_timeout,
-            deadline=self._settings.response_timeout,
+            deadline=max(0.0, self._settings.response_timeout - elapsed),
         )
         self._response.deliverBody(sink.body)
         return sink.done
