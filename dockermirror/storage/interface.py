@@ -1,7 +1,11 @@
 """The storage seam: what the cache needs of a place to keep blobs, manifests and tags.
 
-Everything that may wait on a disk or a database is asynchronous.  Nothing of
-a filesystem shows: a backend hands out readers and writers, not paths.
+Everything that may wait on the index or on slow filesystem work (scans,
+renames of many files, eviction) is asynchronous.  A blob's bytes go through
+readers and writers that are synchronous: local, page-cached reads and appends,
+as Twisted's static file serving does (a remote backend would stage through
+local files, or hand clients a ``direct_url``).  No path shows but the optional
+``local_path``, for ``sendfile``.
 
 Failures stay inside the backend: it logs them, reports itself unwritable for
 a while, and answers as if the thing were not cached (lookups give None,
