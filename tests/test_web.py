@@ -17,6 +17,7 @@ from twisted.internet.interfaces import IConsumer
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel
 from twisted.web.client import ResponseFailed, ResponseNeverReceived
+from twisted.web.test.requesthelper import DummyRequest
 
 from dockermirror.auth.tokens import TokenIssuer
 from dockermirror.config import build_config
@@ -197,3 +198,15 @@ def test_access_log_reads_the_typed_request(
     assert [(e["route"], e["cache"], e["status"]) for e in access] == [
         ("docker.io/library/redis", "STALE", 200)
     ]
+
+
+def test_a_path_that_is_not_utf8_gets_an_oci_error(
+    registry: ScriptedRegistry, log_events: list[dict[str, object]]
+) -> None:
+    resource = MirrorApp(build_config({}), registry, TokenIssuer(Clock())).resource()
+    request = DummyRequest([b"v2", b"\xff", b"manifests", b"7"])
+    request.path = b"/v2/\xff/manifests/7"  # type: ignore[attr-defined]  # set by real requests
+    body = resource.render(request)
+    assert isinstance(body, bytes)
+    assert (request.responseCode, json.loads(body)["errors"][0]["code"]) == (400, "NAME_INVALID")
+    assert not [e for e in log_events if e.get("log_level") is LogLevel.critical]

@@ -13,12 +13,19 @@ from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
-from twisted.web.resource import IResource
+from twisted.web.resource import IResource, Resource
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from dockermirror.auth.tokens import TokenIssuer
 from dockermirror.config import MirrorConfig, strip_port
-from dockermirror.errors import NAME_UNKNOWN, UNAUTHORIZED, UNKNOWN, UNSUPPORTED, RegistryError
+from dockermirror.errors import (
+    NAME_INVALID,
+    NAME_UNKNOWN,
+    UNAUTHORIZED,
+    UNKNOWN,
+    UNSUPPORTED,
+    RegistryError,
+)
 from dockermirror.reference import Endpoint, parse_api_path, validate_digest, validate_reference
 from dockermirror.registry.model import Registry
 from dockermirror.routing import route_request
@@ -43,8 +50,7 @@ class MirrorApp:
         self._issuer = issuer
 
     def resource(self) -> IResource:
-        resource: IResource = self.app.resource()
-        return resource
+        return _Utf8Only(self.app.resource())
 
     @app.route("/", methods=["GET", "HEAD"])
     def home(self, request: MirrorRequest) -> bytes:
@@ -157,6 +163,30 @@ class MirrorApp:
             return b""  # the client went away while we waited for the upstream
         log.failure("unexpected error answering {path}", failure, path=request.path)
         return render_error(request, RegistryError(UNKNOWN))
+
+
+class _Utf8Only(Resource):
+    """Refuses a path or host that is not UTF-8 with an OCI error.
+
+    Klein would answer it with an HTML body and log a traceback for each one,
+    which lets any client fill the log.
+    """
+
+    isLeaf = True
+
+    def __init__(self, app: IResource) -> None:
+        super().__init__()
+        self._app = app
+
+    def render(self, request: IRequest) -> bytes | int:
+        try:
+            request.path.decode("utf-8")
+            request.getRequestHostname().decode("utf-8")
+        except UnicodeDecodeError:
+            error = RegistryError(NAME_INVALID, message="the path or host is not UTF-8")
+            return render_error(request, error)
+        rendered: bytes | int = self._app.render(request)
+        return rendered
 
 
 def _api_headers(request: MirrorRequest) -> None:
