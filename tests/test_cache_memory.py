@@ -462,16 +462,16 @@ def test_blob_missing_from_disk_is_fetched_again(
     assert storage(harness).total == len(BLOB)
 
 
-def test_tags_resolved_by_head_are_remembered_once_their_manifest_is_stored(
+def test_a_tag_resolved_by_head_is_remembered_from_the_first_pull(
     registry: FakeRegistry, cached: Callable[..., Harness]
 ) -> None:
-    """containerd's way: HEAD the tag, GET by digest; from then on the tag is a hit."""
+    """Docker's and containerd's way: HEAD the tag, GET by digest; then the tag is a hit."""
     manifests = Manifests(registry)
     digest = manifests.serve_by_digest(registry)
-    harness = cached(registry)
+    harness = cached(registry, tag_ttl=60)
     assert outcome(harness.request("HEAD", "/v2/redis/manifests/7")) == "MISS"
     get(harness, f"/v2/redis/manifests/{digest}")
-    assert outcome(harness.request("HEAD", "/v2/redis/manifests/7")) == "MISS"
+    assert registry.paths("GET") == [f"/v2/library/redis/manifests/{digest}"]  # no GET by tag
     before = len(registry.requests)
     head = harness.request("HEAD", "/v2/redis/manifests/7")
     assert (outcome(head), head.headers.getRawHeaders("docker-content-digest")) == (
@@ -479,6 +479,10 @@ def test_tags_resolved_by_head_are_remembered_once_their_manifest_is_stored(
         [digest],
     )
     assert len(registry.requests) == before
+    # And served stale when the upstream is down, from the first pull on.
+    manifests.failure = (503, "UNAVAILABLE")
+    harness.clock.advance(61)
+    assert outcome(harness.request("HEAD", "/v2/redis/manifests/7")) == "STALE"
 
 
 def nothing_stored(harness: Harness) -> bool:

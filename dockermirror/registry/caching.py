@@ -58,6 +58,8 @@ log = Logger()
 
 # Failures of the upstream that a stale manifest may paper over.
 _STALE_STATUSES = {429, 502, 503, 504}
+# HEAD resolutions waiting for their manifest; past this many, the oldest are forgotten.
+_MAX_RESOLUTIONS = 10_000
 
 HIT, MISS, COALESCED = CacheOutcome.HIT, CacheOutcome.MISS, CacheOutcome.COALESCED
 
@@ -82,6 +84,9 @@ class CachingRegistry:
         self._settings = settings
         self._idle_timeout = idle_timeout
         self._fills: dict[tuple[str, str], Fill] = {}
+        # Tags a HEAD resolved to a manifest not stored yet: (identity, repository, digest)
+        # to (repository, tag), bound when a GET by that digest stores the manifest.
+        self._resolved: dict[tuple[str, str, str], tuple[str, str]] = {}
         self._coalescer = Coalescer()
         self.stats: Counter[str] = Counter()
 
@@ -99,7 +104,7 @@ class CachingRegistry:
                 return self._answer(stored, head, HIT)
             manifest = await self._shared_manifest(target, reference, accept, head)
             if manifest.body is not None:
-                self._keep(key, manifest)
+                self._keep(key, manifest, self._resolved.pop((key, target.name, reference), None))
             return self._count(manifest, MISS)
         entry = await self._storage.tag(key, target.name, reference)
         stored = await self._storage.manifest(entry.digest, key) if entry else None
@@ -131,10 +136,13 @@ class CachingRegistry:
         key = upstream_key(target.registry)
         if head and fallback is None:
             # containerd and Docker resolve a tag with HEAD, then GET by digest; a HEAD is
-            # free on Docker Hub.  The tag is bound once its manifest is stored.
+            # free on Docker Hub.  The tag is bound once its manifest is stored: now, or
+            # when that GET stores it.
             manifest = await self._shared_manifest(target, tag, ALL_MANIFESTS, True)
             if manifest.digest and await self._storage.manifest(manifest.digest, key):
                 self._background(self._storage.set_tag(key, target.name, tag, manifest.digest))
+            elif manifest.digest:
+                self._remember_resolution(key, target.name, tag, manifest.digest)
         else:
             try:
                 manifest = await self._shared_manifest(target, tag, ALL_MANIFESTS, False)
@@ -163,6 +171,11 @@ class CachingRegistry:
         if joined:
             self.stats["coalesced"] += 1
         return d
+
+    def _remember_resolution(self, key: str, repository: str, tag: str, digest: str) -> None:
+        if len(self._resolved) >= _MAX_RESOLUTIONS:
+            del self._resolved[next(iter(self._resolved))]  # the oldest
+        self._resolved[(key, repository, digest)] = (repository, tag)
 
     def _keep(self, key: str, manifest: Manifest, tag: tuple[str, str] | None = None) -> None:
         """Store a fetched manifest (and bind the tag to it) in the background."""
