@@ -220,7 +220,9 @@ def test_bad_requests_get_oci_errors(
 def test_writes_are_unsupported(registry: FakeRegistry, method: str) -> None:
     harness = Harness(registry)
     for path in ("/v2/redis/manifests/latest", "/v2/redis/blobs/uploads/", "/v2/"):
-        assert harness.error(harness.request(method, path)) == (405, "UNSUPPORTED")
+        response = harness.request(method, path)
+        assert harness.error(response) == (405, "UNSUPPORTED")
+        assert response.headers.getRawHeaders("allow") == ["GET, HEAD"]
     assert registry.requests == []
 
 

@@ -18,6 +18,9 @@ def render_error(request: IRequest, error: RegistryError) -> bytes:
         # Every challenge points at the mirror's own token endpoint, never at an upstream's.
         challenge = f'Bearer realm="{base_url(request)}/v2/auth",service="{SERVICE}"'
         request.responseHeaders.setRawHeaders(b"www-authenticate", [challenge.encode()])
+    if error.status == 405:
+        # The mirror is read-only: these are all it ever allows.
+        request.responseHeaders.setRawHeaders(b"allow", [b"GET, HEAD"])
     if error.retry_after is not None:
         request.responseHeaders.setRawHeaders(b"retry-after", [error.retry_after.encode()])
     return error.body()
