@@ -13,6 +13,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from dockermirror import __version__
 from dockermirror.auth.tokens import TokenIssuer
 from dockermirror.config import MirrorConfig
 from dockermirror.registry.caching import CachingRegistry
@@ -121,6 +122,25 @@ def build_registry(
     )
     cache = CachingRegistry(upstream, storage, reactor, settings, config.upstream.idle_timeout)
     return cache, CacheService(storage, cache, reactor)
+
+
+class Announcement(Service):
+    """Says at start what this mirror serves, where it keeps its cache, and how much of it."""
+
+    def __init__(self, config: MirrorConfig) -> None:
+        self._config = config
+
+    def startService(self) -> None:
+        super().startService()
+        config = self._config
+        routes = ", ".join(f"{host} -> {name}" for host, name in sorted(config.routes.items()))
+        cache = config.cache
+        log.info(
+            "dockermirror {version}: routes {routes}; cache {cache}",
+            version=__version__,
+            routes=routes,
+            cache=f"in {cache.dir}, up to {cache.max_size / 2**30:.1f} GiB" if cache.enabled else "off",
+        )
 
 
 def build_site(config: MirrorConfig, reactor: Any, registry: Registry) -> MirrorSite:

@@ -7,11 +7,16 @@ from typing import Any
 from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
 from twisted.python import usage
+from twisted.web.server import Site
 
 from dockermirror.config import ConfigError, build_config, load_toml, parse_assignment
-from dockermirror.service import build_registry, build_site
+from dockermirror.service import Announcement, build_registry, build_site
 from dockermirror.upstream.pools import UpstreamPools
+
+log = Logger()
 
 
 class Options(usage.Options):
@@ -62,13 +67,40 @@ class Options(usage.Options):
                 cache=_cache_overrides(self),
             )
         except ConfigError as e:
-            raise usage.UsageError(str(e)) from None
+            raise StartupError(str(e)) from None
         for port in self["mirror"].ports:
             try:
                 # Parsing only: the endpoint does not touch the reactor until it listens.
                 serverFromString(None, port)
             except (ValueError, KeyError, TypeError, OSError) as e:
-                raise usage.UsageError(f"port {port!r}: {e}") from None
+                raise StartupError(f"port {port!r}: {e}") from None
+
+
+class StartupError(SystemExit):
+    """A problem that stops start-up: one line on stderr, no traceback, no usage text.
+
+    (twistd answers a UsageError with its whole usage text before the line that matters.)
+    """
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(f"dockermirror: {problem}")
+
+
+class Listener(MultiService):
+    """One listening endpoint; a port that cannot be had stops start-up with one line."""
+
+    def __init__(self, description: str, site: Site, reactor: Any) -> None:
+        super().__init__()
+        self.description = description
+        strports.service(description, site, reactor=reactor).setServiceParent(self)
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            reason = getattr(e.socketError, "strerror", None) or e.socketError
+            raise StartupError(f"cannot listen on {self.description}: {reason}") from None
+        log.info("listening on {endpoint}", endpoint=self.description)
 
 
 def _cache_overrides(options: Options) -> dict[str, object]:
@@ -85,6 +117,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         from twisted.internet import reactor
     config = options["mirror"]
     top = MultiService()
+    Announcement(config).setServiceParent(top)
     pools = UpstreamPools(config, reactor)
     pools.setServiceParent(top)
     registry, cache = build_registry(config, reactor, pools.clients)
@@ -93,6 +126,5 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         cache.setServiceParent(top)
     site = build_site(config, reactor, registry)
     for port in config.ports:
-        listener = strports.service(port, site, reactor=reactor)
-        listener.setServiceParent(top)
+        Listener(port, site, reactor).setServiceParent(top)
     return top

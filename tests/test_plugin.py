@@ -17,13 +17,12 @@ import pytest
 from twisted.application.service import IServiceMaker, MultiService
 from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import getPlugins
-from twisted.python.usage import UsageError
 from zope.interface.verify import verifyObject
 
 from dockermirror import service as service_module
 from dockermirror.service import CacheService
 from dockermirror.storage.workers import InlineWorker
-from dockermirror.tap import Options, makeService
+from dockermirror.tap import Options, StartupError, makeService
 from dockermirror.upstream.pools import UpstreamPools
 from tests.support.processes import free_port
 
@@ -121,7 +120,7 @@ def test_options_defaults_and_repeats() -> None:
     ],
 )
 def test_option_errors(argv: list[str], message: str) -> None:
-    with pytest.raises(UsageError) as error:
+    with pytest.raises(StartupError) as error:
         Options().parseOptions(argv)
     assert message in str(error.value)
 
@@ -157,14 +156,30 @@ def test_no_cache_means_no_cache_service() -> None:
     assert not [s for s in service if isinstance(s, CacheService)]
 
 
-def test_bad_config_exits_before_listening_with_one_clear_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ('[routes]\n"*" = "nowhere.example"\n', "routes.*: 'nowhere.example' is neither"),
+        ("[cache]\nsize = 1\n", "cache.size"),
+        (
+            '[registries."x.test"]\nurl = "http://x.test"\nusername = "u"\n'
+            'password_file = "/nonexistent/secret"\n',
+            "/nonexistent/secret",
+        ),
+    ],
+)
+def test_bad_config_exits_before_listening_with_one_line(
+    tmp_path: Path, toml: str, message: str
+) -> None:
     config = tmp_path / "bad.toml"
-    config.write_text('[routes]\n"*" = "nowhere.example"\n')
+    config.write_text(toml)
     result = twistd("dockermirror", "--config", str(config))
     assert result.returncode != 0
-    assert "Traceback" not in result.stdout + result.stderr
-    last = (result.stdout + result.stderr).strip().splitlines()[-1]
-    assert "routes.*: 'nowhere.example' is neither a registry name" in last
+    # One line: no traceback, and not twistd's usage text before it.
+    assert (result.stdout + result.stderr).strip().splitlines() == [
+        (result.stdout + result.stderr).strip()
+    ]
+    assert message in result.stderr and result.stderr.startswith("dockermirror: ")
 
 
 def test_port_in_use_is_a_startup_failure() -> None:
@@ -176,7 +191,11 @@ def test_port_in_use_is_a_startup_failure() -> None:
         port = busy.getsockname()[1]
         result = twistd("dockermirror", "--port", f"tcp:{port}:interface=127.0.0.1")
     assert result.returncode != 0
-    assert "Address already in use" in result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    assert (
+        f"dockermirror: cannot listen on tcp:{port}:interface=127.0.0.1: Address already" in output
+    )
+    assert "Traceback" not in output
 
 
 @contextmanager
