@@ -139,7 +139,9 @@ class Announcement(Service):
             "dockermirror {version}: routes {routes}; cache {cache}",
             version=__version__,
             routes=routes,
-            cache=f"in {cache.dir}, up to {cache.max_size / 2**30:.1f} GiB" if cache.enabled else "off",
+            cache=f"in {cache.dir}, up to {cache.max_size / 2**30:.1f} GiB"
+            if cache.enabled
+            else "off",
         )
 
 

@@ -427,3 +427,28 @@ def test_stalled_body_is_given_up_after_the_idle_timeout(registry: FakeRegistry)
     harness.settle()
     with pytest.raises((ResponseFailed, ResponseNeverReceived)):
         harness.body(result_of(d))
+
+
+def test_refused_credentials_are_reported_once_a_minute(
+    log_events: list[dict[str, object]],
+) -> None:
+    registry = FakeRegistry(token_auth=True)
+    registry.handlers["/v2/library/redis/manifests/7"] = manifest_handler()
+    registry.token_handler = lambda request: json_error(request, 401, "UNAUTHORIZED")
+    toml = {
+        "registries": {
+            "docker.io": {"url": "http://upstream.test", "username": "u", "password": "secret"}
+        }
+    }
+    harness = Harness(registry, toml)
+
+    def reports() -> list[dict[str, object]]:
+        return [e for e in log_events if "refused the configured" in str(e.get("log_format"))]
+
+    for _ in range(3):
+        assert harness.error(harness.request("GET", "/v2/redis/manifests/7")) == (403, "DENIED")
+    assert len(reports()) == 1
+    assert reports()[0]["user"] == "u" and "secret" not in repr(log_events)
+    harness.clock.advance(61)
+    harness.request("GET", "/v2/redis/manifests/7")
+    assert len(reports()) == 2

@@ -46,6 +46,8 @@ _MAX_TOKEN_BYTES = 1024 * 1024
 # Renew a token this many seconds before the upstream says it expires.
 _TOKEN_MARGIN = 10.0
 _MAX_CACHED_TOKENS = 1024
+# A registry that refuses the configured credentials is reported at most this often.
+_REFUSAL_LOG_INTERVAL = 60.0
 _TRANSPORT_ERRORS = (
     netError.ConnectError,
     netError.DNSLookupError,
@@ -73,6 +75,7 @@ class UpstreamClient:
         self._challenge: Challenge | None = None
         self._tokens: dict[str, tuple[bytes, float]] = {}
         self._token_fetches = Coalescer()
+        self._refusal_logged = float("-inf")
 
     async def request(
         self,
@@ -103,7 +106,24 @@ class UpstreamClient:
         authorization = await self._authorization(scope, fresh=True)
         if authorization is None:
             return response
-        return await self._send(method, url, headers or {}, authorization)
+        response = await self._send(method, url, headers or {}, authorization)
+        if response.code == 401 and challenge.scheme == "basic":
+            self._credentials_refused()
+        return response
+
+    def _credentials_refused(self) -> None:
+        """Tell the operator, once a minute per registry: every pull with them will fail."""
+        if self.registry.username is None:
+            return
+        now = self._clock.seconds()
+        if now < self._refusal_logged + _REFUSAL_LOG_INTERVAL:
+            return
+        self._refusal_logged = now
+        log.warn(
+            "{registry} refused the configured credentials of user {user}; check them",
+            registry=self.registry.name,
+            user=self.registry.username,
+        )
 
     async def _authorization(self, scope: str, *, fresh: bool) -> bytes | None:
         challenge = self._challenge
@@ -146,6 +166,7 @@ class UpstreamClient:
         except BodyTooLarge:
             raise upstream_error(self.registry.name, 502, "token response too large") from None
         if response.code in (401, 403):
+            self._credentials_refused()
             raise RegistryError(
                 DENIED,
                 {"registry": self.registry.name},
@@ -161,7 +182,6 @@ class UpstreamClient:
             raise upstream_error(
                 self.registry.name, 502, f"token endpoint answered {response.code}"
             )
-        log.debug("token for {registry} {scope}", registry=self.registry.name, scope=scope)
         return token, lifetime
 
     async def _send(
