@@ -59,9 +59,11 @@ class Registry:
 
 @attrs.frozen
 class UpstreamSettings:
-    connect_timeout: float = 10.0
-    # Time until an upstream answers with headers.
-    response_timeout: float = 30.0
+    # Short enough that Docker, which falls back to the next endpoint when a mirror fails,
+    # does so in seconds when an upstream hangs.
+    connect_timeout: float = 5.0
+    # Time until an upstream answers with headers (and a small body in full).
+    response_timeout: float = 10.0
     # Time a body may make no progress (upstream silent or client not reading).
     idle_timeout: float = 60.0
     max_connections_per_host: int = 8

@@ -25,6 +25,8 @@ def test_defaults_mirror_docker_hub_on_port_5000() -> None:
     assert hub.docker_hub
     assert not config.registries["ghcr.io"].docker_hub
     assert config.registries["k8s.gcr.io"].url.to_text() == "https://registry.k8s.io"
+    # A hung upstream costs Docker seconds before it falls back, not a minute.
+    assert (config.upstream.connect_timeout, config.upstream.response_timeout) == (5.0, 10.0)
 
 
 def test_readme_example_config_loads(tmp_path: Path) -> None:
