@@ -2,7 +2,8 @@
 
 Three ways to name a registry, most explicit first:
 
-1. a path prefix: ``/v2/ghcr.io/owner/image/...``;
+1. a path prefix: ``/v2/ghcr.io/owner/image/...`` (a first part with a dot, or
+   ``localhost``, as Docker tells registries from Docker Hub namespaces);
 2. containerd's ``?ns=ghcr.io`` parameter;
 3. the host name the client used, through the ``[routes]`` table (``*`` as default).
 
@@ -71,8 +72,10 @@ def complete_name(registry: Registry, name: str) -> str:
 
 def _registry_by_prefix(config: MirrorConfig, name: str) -> tuple[Registry | None, str]:
     first, sep, rest = name.partition("/")
-    # Registry names have a dot; Docker Hub user and organisation names never do.
-    if sep and "." in first:
+    # Docker's rule for the first part of an image name: a registry has a dot (or a port,
+    # which the name grammar does not allow here) or is "localhost"; Docker Hub user and
+    # organisation names are neither.
+    if sep and ("." in first or first == "localhost"):
         registry = config.registries.get(first)
         if registry is not None:
             return registry, rest

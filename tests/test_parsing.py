@@ -135,7 +135,12 @@ def test_scopes(scope: str, expected: object) -> None:
 
 @pytest.fixture
 def config() -> MirrorConfig:
-    return build_config({"routes": {"*": "docker.io", "ghcr.example.com": "ghcr.io"}})
+    return build_config(
+        {
+            "routes": {"*": "docker.io", "ghcr.example.com": "ghcr.io"},
+            "registries": {"localhost": {"url": "http://127.0.0.1:5001"}},
+        }
+    )
 
 
 @pytest.mark.parametrize(
@@ -152,6 +157,8 @@ def config() -> MirrorConfig:
         # An explicit prefix wins over ns; an unknown dotted first part is just a name.
         ("mirror.example.com", "ghcr.io/o/a", "quay.io", "ghcr.io", "o/a"),
         ("mirror.example.com", "my.name/app", None, "docker.io", "my.name/app"),
+        # Docker's rule: a first part with a dot, or "localhost", names a registry.
+        ("mirror.example.com", "localhost/app", None, "localhost", "app"),
     ],
 )
 def test_routing(
