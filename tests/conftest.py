@@ -52,6 +52,14 @@ def log_events() -> Iterator[list[dict[str, object]]]:
     globalLogPublisher.removeObserver(observer)
 
 
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A loopback port that refuses connections for the whole test (bound, never listening)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield int(s.getsockname()[1])
+
+
 @pytest.fixture(scope="session")
 def containers_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Isolate skopeo and podman from the machine's /etc/containers."""

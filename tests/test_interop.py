@@ -218,13 +218,19 @@ def test_big_layer_streams_in_bounded_memory(
 
 
 def test_podman_pulls_through_registry_mirror(
-    mirror: Mirror, upstream: Upstream, containers_env: dict[str, str], tmp_path: Path
+    mirror: Mirror,
+    upstream: Upstream,
+    containers_env: dict[str, str],
+    tmp_path: Path,
+    closed_port: int,
 ) -> None:
     conf = tmp_path / "registries.conf"
     conf.write_text(
         f"""[[registry]]
 prefix = "docker.io"
-location = "docker.io"
+# A dead loopback port: if the mirror fails, podman's fallback can never leave the machine.
+location = "127.0.0.1:{closed_port}"
+insecure = true
 
 [[registry.mirror]]
 location = "{mirror.address}"
@@ -294,14 +300,14 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
 
 def test_containerd_pulls_through_hosts_toml(
-    mirror: Mirror, upstream: Upstream, containerd: str, tmp_path: Path
+    mirror: Mirror, upstream: Upstream, containerd: str, tmp_path: Path, closed_port: int
 ) -> None:
     """containerd adds ?ns=docker.io, resolves tags with HEAD and never asks /v2/."""
     hosts = tmp_path / "certs.d" / "docker.io"
     hosts.mkdir(parents=True)
     # The server is a dead loopback port, so a fallback can never leave the machine.
     (hosts / "hosts.toml").write_text(
-        f"""server = "http://127.0.0.1:9"
+        f"""server = "http://127.0.0.1:{closed_port}"
 
 [host."http://{mirror.address}"]
   capabilities = ["pull", "resolve"]

@@ -233,12 +233,16 @@ def running_twistd(*args: str, port: int, cwd: Path = ROOT) -> Iterator[subproce
             process.wait(10)
 
 
-def test_twistd_with_no_options_serves_docker_hub_on_port_5000(tmp_path: Path) -> None:
-    """The README's first command: `twistd -n dockermirror` alone must work."""
-    with running_twistd("dockermirror", port=5000, cwd=tmp_path):
-        with urllib.request.urlopen("http://127.0.0.1:5000/v2/", timeout=2) as response:
+def test_twistd_serves_docker_hub_by_default(tmp_path: Path) -> None:
+    """The README's first command: nothing but a port (5000 by default, see the options
+    test; no test binds a fixed port) and the mirror serves Docker Hub."""
+    port = free_port()
+    with running_twistd(
+        "dockermirror", "--port", f"tcp:{port}:interface=127.0.0.1", port=port, cwd=tmp_path
+    ):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=2) as response:
             assert (response.status, json.loads(response.read())) == (200, {})
-        with urllib.request.urlopen("http://127.0.0.1:5000/", timeout=2) as response:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as response:
             assert b"registry-1.docker.io" in response.read()
 
 
