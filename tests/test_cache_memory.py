@@ -30,6 +30,8 @@ BLOB = bytes(range(256)) * 400  # 100 KiB
 DIGEST = digest_of(BLOB)
 BLOB_PATH = f"/v2/library/redis/blobs/{DIGEST}"
 OCI = "application/vnd.oci.image.manifest.v1+json"
+# What a client names; one that names no type takes schema1 only, and is passed through.
+CLIENT = {"Accept": [OCI]}
 
 
 def manifest_body(version: int) -> bytes:
@@ -98,6 +100,7 @@ def outcome(response: Any) -> str:
 
 
 def get(harness: Harness, path: str, **kwargs: Any) -> tuple[Any, bytes]:
+    kwargs.setdefault("headers", CLIENT)
     response = harness.request("GET", path, **kwargs)
     return response, harness.body(response)
 
@@ -267,7 +270,7 @@ def test_tag_is_trusted_for_its_ttl_then_revalidated_with_head(
     assert response.headers.getRawHeaders("docker-content-digest") == [digest_of(manifests.body)]
     assert len(registry.paths("GET")) == 2
     # A HEAD from a client is answered from the cache too.
-    head = harness.request("HEAD", "/v2/redis/manifests/7")
+    head = harness.request("HEAD", "/v2/redis/manifests/7", headers=CLIENT)
     assert (head.code, outcome(head)) == (200, "HIT")
     assert head.headers.getRawHeaders("content-length") == [str(len(manifests.body))]
 
@@ -326,9 +329,12 @@ def test_staleness_is_bounded_by_max_stale(
     get(harness, "/v2/redis/manifests/7")
     manifests.failure = (503, "UNAVAILABLE")
     harness.clock.advance(90)
-    assert outcome(harness.request("GET", "/v2/redis/manifests/7")) == "STALE"
+    assert outcome(harness.request("GET", "/v2/redis/manifests/7", headers=CLIENT)) == "STALE"
     harness.clock.advance(20)
-    assert harness.error(harness.request("GET", "/v2/redis/manifests/7")) == (502, "UNAVAILABLE")
+    assert harness.error(harness.request("GET", "/v2/redis/manifests/7", headers=CLIENT)) == (
+        502,
+        "UNAVAILABLE",
+    )
 
 
 @pytest.mark.parametrize(("stale_on_not_found", "expected"), [(False, 404), (True, 200)])
@@ -469,11 +475,11 @@ def test_a_tag_resolved_by_head_is_remembered_from_the_first_pull(
     manifests = Manifests(registry)
     digest = manifests.serve_by_digest(registry)
     harness = cached(registry, tag_ttl=60)
-    assert outcome(harness.request("HEAD", "/v2/redis/manifests/7")) == "MISS"
+    assert outcome(harness.request("HEAD", "/v2/redis/manifests/7", headers=CLIENT)) == "MISS"
     get(harness, f"/v2/redis/manifests/{digest}")
     assert registry.paths("GET") == [f"/v2/library/redis/manifests/{digest}"]  # no GET by tag
     before = len(registry.requests)
-    head = harness.request("HEAD", "/v2/redis/manifests/7")
+    head = harness.request("HEAD", "/v2/redis/manifests/7", headers=CLIENT)
     assert (outcome(head), head.headers.getRawHeaders("docker-content-digest")) == (
         "HIT",
         [digest],
@@ -482,7 +488,7 @@ def test_a_tag_resolved_by_head_is_remembered_from_the_first_pull(
     # And served stale when the upstream is down, from the first pull on.
     manifests.failure = (503, "UNAVAILABLE")
     harness.clock.advance(61)
-    assert outcome(harness.request("HEAD", "/v2/redis/manifests/7")) == "STALE"
+    assert outcome(harness.request("HEAD", "/v2/redis/manifests/7", headers=CLIENT)) == "STALE"
 
 
 def nothing_stored(harness: Harness) -> bool:

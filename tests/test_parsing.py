@@ -219,7 +219,12 @@ def test_any_range_header_parses_or_means_the_whole_blob(header: str) -> None:
 @pytest.mark.parametrize(
     ("media_type", "accept", "expected"),
     [
-        ("application/vnd.oci.image.index.v1+json", [], True),
+        # A client without Accept takes schema1 only, signed or not, as distribution has it.
+        ("application/vnd.oci.image.index.v1+json", [], False),
+        ("application/vnd.docker.distribution.manifest.v2+json", [], False),
+        ("application/vnd.docker.distribution.manifest.v1+prettyjws", [], True),
+        ("application/vnd.docker.distribution.manifest.v1+json", [], True),
+        ("Application/vnd.docker.distribution.manifest.v1+JSON; charset=utf-8", [], True),
         ("application/vnd.oci.image.index.v1+json", ["*/*"], True),
         (
             "application/vnd.oci.image.index.v1+json",

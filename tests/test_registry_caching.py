@@ -204,9 +204,18 @@ def test_a_single_platform_client_does_not_change_what_a_tag_means(cache: Cache)
     assert manifest(cache, LISTS).body == LIST
 
 
-def test_a_client_without_accept_takes_what_the_tag_means(cache: Cache) -> None:
-    assert manifest(cache, []).body == LIST
-    assert manifest(cache, ["*/*"]).outcome is CacheOutcome.HIT
+def test_a_client_without_accept_takes_only_schema1_and_is_passed_through(cache: Cache) -> None:
+    # Distribution takes a client without Accept for one that knows schema1 only: the tag
+    # (a list) is not for it, so its own request goes upstream, every time.
+    for _ in range(2):
+        answer = manifest(cache, [])
+        assert (answer.body, answer.outcome) == (AMD64, CacheOutcome.MISS)
+        assert cache.upstream.calls[-1] == ("manifest", "latest", (), False)
+    assert cache.upstream.calls[0] == ("manifest", "latest", ALL_MANIFESTS, False)
+    assert len(cache.upstream.calls) == 3
+    # The tag still means the list, for a client that takes anything.
+    anything = manifest(cache, ["*/*"])
+    assert (anything.body, anything.outcome) == (LIST, CacheOutcome.HIT)
 
 
 def test_head_resolution_binds_the_tag_when_its_manifest_is_stored(cache: Cache) -> None:

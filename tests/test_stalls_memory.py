@@ -19,6 +19,8 @@ from tests.fakes import FakeRegistry, Harness, dying_handler, result_of, stallin
 
 MANIFEST = json.dumps({"schemaVersion": 2, "mediaType": "application/x-m"}).encode()
 PATH = "/v2/library/redis/manifests/7"
+# The manifest type a client names (one that names none takes schema1 only).
+CLIENT = {"Accept": ["application/x-m"]}
 
 
 def good_manifest(request: Any) -> bytes:
@@ -33,7 +35,8 @@ def cached(tmp_path: Path) -> dict[str, Any]:
 
 
 def waiters(harness: Harness, count: int = 3) -> list[Any]:
-    pending = [harness.client.get("http://mirror.test/v2/redis/manifests/7") for _ in range(count)]
+    url = "http://mirror.test/v2/redis/manifests/7"
+    pending = [harness.client.get(url, headers=CLIENT) for _ in range(count)]
     harness.settle()
     return pending
 
@@ -59,7 +62,7 @@ def test_stalled_manifest_body_is_a_504_for_every_waiter_then_fetched_afresh(
     expire(harness)
     assert errors(harness, pending) == [(504, "UNAVAILABLE")] * 3
     registry.handlers[PATH] = good_manifest
-    response = harness.request("GET", "/v2/redis/manifests/7")
+    response = harness.request("GET", "/v2/redis/manifests/7", headers=CLIENT)
     assert (response.code, harness.body(response)) == (200, MANIFEST)
     assert registry.paths("GET") == [PATH, PATH]
 
@@ -81,7 +84,7 @@ def test_stalled_token_body_is_a_504_for_every_waiter_then_fetched_afresh() -> N
     expire(harness)
     assert errors(harness, pending) == [(504, "UNAVAILABLE")] * 3
     registry.token_handler = None
-    response = harness.request("GET", "/v2/redis/manifests/7")
+    response = harness.request("GET", "/v2/redis/manifests/7", headers=CLIENT)
     assert (response.code, harness.body(response)) == (200, MANIFEST)
     assert registry.issued == 1
 

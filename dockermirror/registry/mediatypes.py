@@ -2,7 +2,8 @@
 
 The cache asks the upstream for a tag with every manifest type (so what a tag
 means never depends on which client asked first) and decides here whether a
-client may receive what came back.
+client may receive what came back.  A client that sends no Accept at all takes
+only schema1, as distribution treats it: it gets what the upstream answers it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 DOCKER_SCHEMA2 = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_SCHEMA1_SIGNED = "application/vnd.docker.distribution.manifest.v1+prettyjws"
 DOCKER_SCHEMA1 = "application/vnd.docker.distribution.manifest.v1+json"
+# All a client without an Accept header takes (distribution's rule).
+SCHEMA1: frozenset[str] = frozenset({DOCKER_SCHEMA1_SIGNED, DOCKER_SCHEMA1})
 # What a blob is when nobody says otherwise.
 OCTET_STREAM = "application/octet-stream"
 
@@ -29,10 +32,15 @@ ALL_MANIFESTS: tuple[str, ...] = (
 )
 
 
+def base_type(media_type: str) -> str:
+    """A media type without its parameters, in lower case."""
+    return media_type.split(";")[0].strip().lower()
+
+
 def accepted_types(accept: Sequence[str]) -> set[str]:
     """The media types named by Accept values (parameters such as ``q`` dropped)."""
     return {
-        media_range.split(";")[0].strip().lower()
+        base_type(media_range)
         for value in accept
         for media_range in value.split(",")
         if media_range.strip()
@@ -42,9 +50,11 @@ def accepted_types(accept: Sequence[str]) -> set[str]:
 def acceptable(media_type: str, accept: Sequence[str]) -> bool:
     """Whether a client that sent these Accept values takes a manifest of ``media_type``.
 
-    A client that sends no Accept at all takes anything, as it does from a registry.
+    A client that sends no Accept at all takes only schema1 (signed or not):
+    distribution answers it with schema1, converting a schema2 image or the
+    default platform of a list on the fly.
     """
     if not accept:
-        return True
+        return base_type(media_type) in SCHEMA1
     types = accepted_types(accept)
-    return bool(types & {media_type.split(";")[0].strip().lower(), "*/*", "application/*"})
+    return bool(types & {base_type(media_type), "*/*", "application/*"})

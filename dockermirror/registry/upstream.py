@@ -23,7 +23,7 @@ from dockermirror.errors import (
     NAME_UNKNOWN,
     RegistryError,
 )
-from dockermirror.reference import digest_of, is_digest, new_hasher
+from dockermirror.reference import is_digest, new_hasher
 from dockermirror.registry.mediatypes import OCTET_STREAM
 from dockermirror.registry.model import (
     BlobBody,
@@ -36,6 +36,7 @@ from dockermirror.registry.model import (
     Referrers,
     TagPage,
 )
+from dockermirror.registry.schema1 import MalformedSignature, manifest_digest
 from dockermirror.routing import Target
 from dockermirror.upstream.body import BodyTooLarge
 from dockermirror.upstream.client import UpstreamClient
@@ -71,7 +72,8 @@ class UpstreamRegistry:
             digest = response.header("docker-content-digest") or ""
             return Manifest(digest, media_type, response.length, None)
         body = await self._read(response, self._settings.max_manifest_bytes, "manifest")
-        return Manifest(_checked_digest(response, body, reference), media_type, len(body), body)
+        digest = _checked_digest(response, body, media_type, reference)
+        return Manifest(digest, media_type, len(body), body)
 
     async def blob(self, target: Target, digest: str) -> UpstreamBlob:
         return UpstreamBlob(self._client(target), target, digest)
@@ -232,10 +234,24 @@ def _range_header(wanted: RangeRequest) -> str:
     return f"bytes={wanted.first or 0}-{'' if wanted.last is None else wanted.last}"
 
 
-def _checked_digest(response: UpstreamResponse, body: bytes, reference: str) -> str:
-    """The manifest's digest; the bytes must match the reference and the upstream's claim."""
+def _checked_digest(
+    response: UpstreamResponse, body: bytes, media_type: str, reference: str
+) -> str:
+    """The manifest's digest; the bytes must match the reference and the upstream's claim.
+
+    The digest is the registries' own: over the payload for signed schema1
+    (see :mod:`~dockermirror.registry.schema1`), over the whole body otherwise.
+    """
     algorithm = reference.partition(":")[0] if is_digest(reference) else "sha256"
-    digest = digest_of(body, algorithm)
+    try:
+        digest = manifest_digest(body, media_type, algorithm)
+    except MalformedSignature as e:
+        raise RegistryError(
+            MANIFEST_INVALID,
+            {"registry": response.registry, "problem": str(e)},
+            status=502,
+            message="the upstream's signed schema1 manifest is malformed",
+        ) from None
     claimed = response.header("docker-content-digest")
     expected = reference if is_digest(reference) else claimed
     if expected and expected.partition(":")[0] == algorithm and expected != digest:
