@@ -572,3 +572,21 @@ def test_a_blob_that_cannot_be_cached_costs_one_upstream_get(
     response, body = get(harness, BLOB_PATH, headers={"Range": "bytes=0-9"})
     assert (response.code, body) == (200, BLOB)
     assert registry.paths("GET").count(BLOB_PATH) == 3
+
+
+def test_the_cache_summary_is_logged_when_it_changes(
+    registry: FakeRegistry, cached: Callable[..., Harness], log_events: list[dict[str, object]]
+) -> None:
+    harness = cached(registry)
+
+    def summaries() -> list[dict[str, object]]:
+        return [e for e in log_events if "cache since start" in str(e.get("log_format"))]
+
+    get(harness, BLOB_PATH)
+    harness.clock.advance(61)
+    assert [(e["miss"], e["hit"]) for e in summaries()] == [(1, 0)]
+    harness.clock.advance(61)  # nothing happened: nothing to say
+    assert len(summaries()) == 1
+    get(harness, BLOB_PATH)
+    harness.clock.advance(61)
+    assert [(e["miss"], e["hit"]) for e in summaries()] == [(1, 0), (1, 1)]

@@ -58,6 +58,7 @@ log = Logger()
 
 # Failures of the upstream that a stale manifest may paper over.
 _STALE_STATUSES = {429, 502, 503, 504}
+_COUNTS = ("hit", "miss", "coalesced", "stale", "revalidated")
 # HEAD resolutions waiting for their manifest; past this many, the oldest are forgotten.
 _MAX_RESOLUTIONS = 10_000
 
@@ -89,6 +90,7 @@ class CachingRegistry:
         self._resolved: dict[tuple[str, str, str], tuple[str, str]] = {}
         self._coalescer = Coalescer()
         self.stats: Counter[str] = Counter()
+        self._logged_stats: dict[str, int] = {}
 
     # Manifests
 
@@ -323,16 +325,16 @@ class CachingRegistry:
         d.addErrback(lambda f: log.failure("cache housekeeping failed", f))
 
     def log_stats(self) -> None:
+        """Log the counts since start, when they changed since the last time."""
+        counts = {name: self.stats[name] for name in _COUNTS}
+        counts.update(evicted=self._storage.evicted, total=self._storage.total)
+        if counts == self._logged_stats:
+            return
+        self._logged_stats = counts
         log.info(
-            "cache: {hit} hits, {miss} misses, {coalesced} coalesced, {stale} stale,"
+            "cache since start: {hit} hits, {miss} misses, {coalesced} coalesced, {stale} stale,"
             " {revalidated} revalidated, {evicted} evicted; {total} bytes stored",
-            hit=self.stats["hit"],
-            miss=self.stats["miss"],
-            coalesced=self.stats["coalesced"],
-            stale=self.stats["stale"],
-            revalidated=self.stats["revalidated"],
-            evicted=self._storage.evicted,
-            total=self._storage.total,
+            **counts,
         )
 
 
