@@ -22,6 +22,7 @@ from twisted.internet.task import Clock
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dockermirror.storage.filesystem import FilesystemStorage
 from dockermirror.storage.index import Index
+from dockermirror.storage.interface import Scope
 from dockermirror.storage.workers import InlineWorker
 from tests.support.clients import client_env, copy
 from tests.support.images import build_images
@@ -67,7 +68,7 @@ def index_load(blobs: int) -> float:
             path = first.path(digest)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(b"x")
-            index.add_blob(digest, 1, "u", None, float(i))
+            index.add_blob(digest, 1, Scope("u", "r"), None, float(i))
         index.close()
         again = storage()
         started = time.perf_counter()

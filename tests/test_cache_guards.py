@@ -30,6 +30,7 @@ from dockermirror.reference import digest_of
 from dockermirror.registry import fills
 from dockermirror.registry.caching import CachingRegistry, upstream_key
 from dockermirror.storage.filesystem import FilesystemStorage
+from dockermirror.storage.interface import Scope
 from tests.fakes import FakeRegistry, Harness, blob_handler, json_error, result_of
 
 SIZE = 256 * 1024  # four of the FileStream's 64 KiB chunks
@@ -71,7 +72,8 @@ def storage(harness: Harness) -> FilesystemStorage:
 
 
 def running_fill(harness: Harness, registry: str, digest: str) -> fills.Fill | None:
-    return caching(harness).running_fill(upstream_key(harness.config.registries[registry]), digest)
+    scope = Scope(upstream_key(harness.config.registries[registry]), "library/redis")
+    return caching(harness).running_fill(scope, digest)
 
 
 def temp_files(harness: Harness) -> list[Path]:
@@ -226,8 +228,8 @@ def test_a_revalidated_tag_is_trusted_for_another_ttl(
         response = harness.request(method, "/v2/redis/manifests/7", headers={"Accept": [OCI]})
         assert (response.code, outcome(response)) == (200, "HIT"), method
     assert len(registry.requests) == before
-    key = upstream_key(harness.config.registries["docker.io"])
-    entry = result_of(storage(harness).tag(key, "library/redis", "7"))
+    scope = Scope(upstream_key(harness.config.registries["docker.io"]), "library/redis")
+    entry = result_of(storage(harness).tag(scope, "7"))
     assert entry is not None and entry.checked == 61
 
 
@@ -412,9 +414,9 @@ def test_an_upstream_404_for_a_cached_tag_drops_it(cached: Callable[..., Harness
     registry = FakeRegistry()
     manifests = Manifests(registry)
     harness = cached(registry, tag_ttl=60, stale_on_not_found=False)
-    key = upstream_key(harness.config.registries["docker.io"])
+    scope = Scope(upstream_key(harness.config.registries["docker.io"]), "library/redis")
     get(harness, "/v2/redis/manifests/7")
-    assert result_of(storage(harness).tag(key, "library/redis", "7")) is not None
+    assert result_of(storage(harness).tag(scope, "7")) is not None
     manifests.failure = (404, "MANIFEST_UNKNOWN")
     harness.clock.advance(61)
     response = harness.request("GET", "/v2/redis/manifests/7", headers={"Accept": [OCI]})
@@ -422,7 +424,7 @@ def test_an_upstream_404_for_a_cached_tag_drops_it(cached: Callable[..., Harness
         404,
         "MANIFEST_UNKNOWN",
     )
-    assert result_of(storage(harness).tag(key, "library/redis", "7")) is None
+    assert result_of(storage(harness).tag(scope, "7")) is None
     # The tag is back upstream: the mirror asks for it afresh (a GET), not a revalidation.
     manifests.failure = None
     before = len(registry.paths("GET"))

@@ -17,6 +17,7 @@ from dockermirror.reference import digest_of
 from dockermirror.registry import fills
 from dockermirror.registry.caching import CachingRegistry
 from dockermirror.storage.filesystem import FilesystemStorage
+from dockermirror.storage.interface import Scope
 from tests.fakes import (
     FakeRegistry,
     Harness,
@@ -430,8 +431,8 @@ def test_write_failure_mid_fill_fails_that_pull_then_streams_through(
     store = storage(harness)
     real_begin_write = store.begin_write
 
-    def disk_fills_up(digest: str, size: int, upstream: str) -> Any:
-        writer = real_begin_write(digest, size, upstream)
+    def disk_fills_up(digest: str, size: int, scope: Scope) -> Any:
+        writer = real_begin_write(digest, size, scope)
         file = writer._file
         real_write = file.write
 

@@ -15,18 +15,21 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
+from twisted.internet.task import Clock
 
 from dockermirror.reference import digest_of
 from dockermirror.registry.caching import CachingRegistry, upstream_key
 from dockermirror.storage import index
 from dockermirror.storage.filesystem import FilesystemStorage
 from dockermirror.storage.index import Index
-from dockermirror.storage.workers import ThreadWorker
+from dockermirror.storage.interface import BlobEntry, Scope
+from dockermirror.storage.workers import InlineWorker, ThreadWorker
 from tests.fakes import FakeRegistry, Harness, blob_handler, result_of
 
 BLOB = bytes(range(256)) * 40
 DIGEST = digest_of(BLOB)
 BLOB_PATH = f"/v2/library/redis/blobs/{DIGEST}"
+REDIS = Scope("u", "library/redis")
 
 
 @pytest_twisted.ensureDeferred
@@ -34,27 +37,27 @@ async def test_lookups_go_on_while_a_write_waits_for_a_lock(tmp_path: Path) -> N
     storage = threaded_storage(tmp_path)
     await storage.open()
     try:
-        await storage.put_manifest(DIGEST, "application/x-m", BLOB, "u")
-        await storage.set_tag("u", "library/redis", "7", DIGEST)
+        await storage.put_manifest(DIGEST, "application/x-m", BLOB, REDIS)
+        await storage.set_tag(REDIS, "7", DIGEST)
         other = sqlite3.connect(tmp_path / "index.sqlite", isolation_level=None)
         other.execute("BEGIN EXCLUSIVE")
         try:
-            write = storage.set_tag("u", "library/redis", "8", DIGEST)
+            write = storage.set_tag(REDIS, "8", DIGEST)
             written: list[object] = []
             write.addBoth(written.append)
-            tag = await storage.tag("u", "library/redis", "7")
-            stored = await storage.manifest(DIGEST, "u")
-            size = await storage.blob_size(DIGEST, "u")
+            tag = await storage.tag(REDIS, "7")
+            stored = await storage.manifest(DIGEST, REDIS)
+            blob = await storage.stored_blob(DIGEST, REDIS)
             # Lookups answered while the write still waits for the other connection's lock.
             assert written == []
             assert tag is not None and tag.digest == DIGEST
             assert stored is not None and stored.body == BLOB
-            assert size == len(BLOB)
+            assert blob == BlobEntry(len(BLOB), linked=True)
         finally:
             other.execute("COMMIT")
             other.close()
         await write
-        assert (await storage.tag("u", "library/redis", "8")) is not None
+        assert (await storage.tag(REDIS, "8")) is not None
         assert storage.writable()
     finally:
         await storage.close()
@@ -79,7 +82,7 @@ async def test_closing_does_not_wait_for_a_lock_held_elsewhere(tmp_path: Path) -
     other.execute("BEGIN EXCLUSIVE")
     try:
         storage.touch(DIGEST)  # a flush to make on close
-        writes = [storage.set_tag("u", "r", str(i), DIGEST) for i in range(5)]
+        writes = [storage.set_tag(REDIS, str(i), DIGEST) for i in range(5)]
         # Five writes of 5 s each would hold shutdown for 25 s; this fails after 15 s.
         await storage.close().addTimeout(15, reactor)
         assert all(w.called for w in writes)
@@ -95,7 +98,7 @@ async def test_evictions_do_not_overlap(tmp_path: Path) -> None:
     try:
         for i in range(20):
             body = bytes([i]) * 1000
-            await storage.put_manifest(digest_of(body), "application/x-m", body, "u")
+            await storage.put_manifest(digest_of(body), "application/x-m", body, REDIS)
         assert storage.total == 20 * 1000
         # Two runs asked for at once: the second must not remove as much again.
         await gatherResults([storage.evict(set()), storage.evict(set())])
@@ -154,7 +157,9 @@ def test_read_only_index_answers_and_streams_through(
     # The manifest could not be stored, so its tag was not bound to it either.
     assert (
         result_of(
-            storage.tag(upstream_key(harness.config.registries["docker.io"]), "library/redis", "7")
+            storage.tag(
+                Scope(upstream_key(harness.config.registries["docker.io"]), "library/redis"), "7"
+            )
         )
         is None
     )
@@ -196,3 +201,29 @@ def test_housekeeping_loops_survive_failures(
         assert harness.request("GET", BLOB_PATH).code == 200  # a hit, noted for the flush
         harness.clock.advance(11)  # one flush interval
     assert len(calls) == 2  # the flush loop ran again after its first failure
+
+
+def test_an_index_from_before_links_and_manifest_types_still_serves(tmp_path: Path) -> None:
+    """Old caches kept one media type per blob and no links: nothing cached is lost."""
+    db = sqlite3.connect(tmp_path / "index.sqlite")
+    db.executescript(
+        "CREATE TABLE blobs (digest TEXT PRIMARY KEY, size INTEGER NOT NULL,"
+        " accessed REAL NOT NULL, media_type TEXT);"
+        "CREATE TABLE sources (digest TEXT NOT NULL, upstream TEXT NOT NULL,"
+        " PRIMARY KEY (digest, upstream));"
+    )
+    db.execute("INSERT INTO blobs VALUES (?, ?, 0, 'application/x-m')", (DIGEST, len(BLOB)))
+    db.execute("INSERT INTO sources VALUES (?, 'u')", (DIGEST,))
+    db.commit()
+    db.close()
+    path = tmp_path / "blobs" / "sha256" / DIGEST[7:9] / DIGEST[7:]
+    path.parent.mkdir(parents=True)
+    path.write_bytes(BLOB)
+    storage = FilesystemStorage(
+        tmp_path, Clock(), 10**9, 0, lookups=InlineWorker(), writes=InlineWorker()
+    )
+    storage.open()
+    stored = result_of(storage.manifest(DIGEST, REDIS))
+    # The type survives; under which repository it was fetched is not known: not linked.
+    assert (stored.media_type, stored.body, stored.linked) == ("application/x-m", BLOB, False)
+    assert result_of(storage.stored_blob(DIGEST, REDIS)) == BlobEntry(len(BLOB), linked=False)

@@ -52,7 +52,7 @@ from dockermirror.registry.model import (
 from dockermirror.registry.model import Registry as RegistryInterface
 from dockermirror.registry.streams import FileStream
 from dockermirror.routing import Target
-from dockermirror.storage.interface import BlobReader, BlobStorage, StoredManifest
+from dockermirror.storage.interface import BlobReader, BlobStorage, Scope, StoredManifest
 
 log = Logger()
 
@@ -70,6 +70,10 @@ def upstream_key(registry: Registry) -> str:
     return f"{registry.url.to_text()}#{registry.username or ''}"
 
 
+def scope_of(target: Target) -> Scope:
+    return Scope(upstream_key(target.registry), target.name)
+
+
 class CachingRegistry:
     def __init__(
         self,
@@ -85,9 +89,9 @@ class CachingRegistry:
         self._settings = settings
         self._idle_timeout = idle_timeout
         self._fills: dict[tuple[str, str], Fill] = {}
-        # Tags a HEAD resolved to a manifest not stored yet: (identity, repository, digest)
-        # to (repository, tag), bound when a GET by that digest stores the manifest.
-        self._resolved: dict[tuple[str, str, str], tuple[str, str]] = {}
+        # Tags a HEAD resolved to a manifest not stored yet, by scope and digest: bound when
+        # a GET by that digest stores the manifest.
+        self._resolved: dict[tuple[Scope, str], str] = {}
         self._coalescer = Coalescer()
         self.stats: Counter[str] = Counter()
         self._logged_stats: dict[str, int] = {}
@@ -99,17 +103,21 @@ class CachingRegistry:
     ) -> Manifest:
         if not await self._storage_open():
             return await self._inner.manifest(target, reference, accept, head=head)
-        key = upstream_key(target.registry)
+        scope = scope_of(target)
         if is_digest(reference):
-            stored = await self._storage.manifest(reference, key)
+            stored = await self._storage.manifest(reference, scope)
             if stored is not None and acceptable(stored.media_type, accept):
+                if not stored.linked:
+                    # Stored from another repository: is it in this one?  One HEAD says.
+                    await self._shared_manifest(target, reference, ALL_MANIFESTS, True)
+                    self.link(reference, scope)
                 return self._answer(stored, head, HIT)
             manifest = await self._shared_manifest(target, reference, accept, head)
             if manifest.body is not None:
-                self._keep(key, manifest, self._resolved.pop((key, target.name, reference), None))
+                self._keep(scope, manifest, self._resolved.pop((scope, reference), None))
             return self._count(manifest, MISS)
-        entry = await self._storage.tag(key, target.name, reference)
-        stored = await self._storage.manifest(entry.digest, key) if entry else None
+        entry = await self._storage.tag(scope, reference)
+        stored = await self._storage.manifest(entry.digest, scope) if entry else None
         if entry is None or stored is None:
             return await self._resolve(target, reference, accept, head, None)
         if not acceptable(stored.media_type, accept):
@@ -123,7 +131,7 @@ class CachingRegistry:
             return self._stale_or_raise(target, reference, stored, age, error, head)
         if current.digest != stored.digest:
             return await self._resolve(target, reference, accept, head, (stored, age))
-        self._background(self._storage.set_tag(key, target.name, reference, stored.digest))
+        self._background(self._storage.set_tag(scope, reference, stored.digest))
         return self._answer(stored, head, CacheOutcome.REVALIDATED)
 
     async def _resolve(
@@ -135,16 +143,16 @@ class CachingRegistry:
         fallback: tuple[StoredManifest, float] | None,
     ) -> Manifest:
         """Ask the upstream what ``tag`` means, with every manifest type; keep it; answer."""
-        key = upstream_key(target.registry)
+        scope = scope_of(target)
         if head and fallback is None:
             # containerd and Docker resolve a tag with HEAD, then GET by digest; a HEAD is
             # free on Docker Hub.  The tag is bound once its manifest is stored: now, or
             # when that GET stores it.
             manifest = await self._shared_manifest(target, tag, ALL_MANIFESTS, True)
-            if manifest.digest and await self._storage.manifest(manifest.digest, key):
-                self._background(self._storage.set_tag(key, target.name, tag, manifest.digest))
+            if manifest.digest and await self._storage.manifest(manifest.digest, scope):
+                self._background(self._storage.set_tag(scope, tag, manifest.digest))
             elif manifest.digest:
-                self._remember_resolution(key, target.name, tag, manifest.digest)
+                self._remember_resolution(scope, tag, manifest.digest)
         else:
             try:
                 manifest = await self._shared_manifest(target, tag, ALL_MANIFESTS, False)
@@ -152,7 +160,7 @@ class CachingRegistry:
                 if fallback is None:
                     raise
                 return self._stale_or_raise(target, tag, *fallback, error, head)
-            self._keep(key, manifest, (target.name, tag))
+            self._keep(scope, manifest, tag)
         if not acceptable(manifest.media_type, accept):
             return await self._pass_through(target, tag, accept, head)
         return self._count(_without_body(manifest) if head else manifest, MISS)
@@ -174,12 +182,12 @@ class CachingRegistry:
             self.stats["coalesced"] += 1
         return d
 
-    def _remember_resolution(self, key: str, repository: str, tag: str, digest: str) -> None:
+    def _remember_resolution(self, scope: Scope, tag: str, digest: str) -> None:
         if len(self._resolved) >= _MAX_RESOLUTIONS:
             del self._resolved[next(iter(self._resolved))]  # the oldest
-        self._resolved[(key, repository, digest)] = (repository, tag)
+        self._resolved[(scope, digest)] = tag
 
-    def _keep(self, key: str, manifest: Manifest, tag: tuple[str, str] | None = None) -> None:
+    def _keep(self, scope: Scope, manifest: Manifest, tag: str | None = None) -> None:
         """Store a fetched manifest (and bind the tag to it) in the background."""
         if manifest.body is None or not self._storage.writable():
             return
@@ -187,10 +195,10 @@ class CachingRegistry:
         def stored(done: bool) -> Deferred[None] | None:
             self._evict_soon()
             if done and tag is not None:  # never a tag that names a manifest not stored
-                return self._storage.set_tag(key, *tag, manifest.digest)
+                return self._storage.set_tag(scope, tag, manifest.digest)
             return None
 
-        d = self._storage.put_manifest(manifest.digest, manifest.media_type, manifest.body, key)
+        d = self._storage.put_manifest(manifest.digest, manifest.media_type, manifest.body, scope)
         self._background(d.addCallback(stored))
 
     def _stale_or_raise(
@@ -209,8 +217,7 @@ class CachingRegistry:
         max_stale = self._settings.max_stale
         if not usable or (max_stale is not None and age > max_stale):
             if not_found:
-                key = upstream_key(target.registry)
-                self._background(self._storage.drop_tag(key, target.name, tag))
+                self._background(self._storage.drop_tag(scope_of(target), tag))
             raise error
         log.warn(
             "serving {name}:{tag} from cache, {age:.0f}s old: the upstream failed ({code})",
@@ -233,12 +240,14 @@ class CachingRegistry:
         inner = await self._inner.blob(target, digest)
         if not await self._storage_open():
             return inner
-        key = upstream_key(target.registry)
-        size = await self._storage.blob_size(digest, key)
-        cold = _ColdBlob(self, inner, target, key)
-        if size is None:
+        scope = scope_of(target)
+        entry = await self._storage.stored_blob(digest, scope)
+        cold = _ColdBlob(self, inner, scope)
+        if entry is None:
             return cold
-        return _StoredBlob(self, cold, size)
+        if not entry.linked:
+            await cold.confirm()
+        return _StoredBlob(self, cold, entry.size)
 
     async def tags(self, target: Target, n: str | None, last: str | None) -> TagPage:
         return await self._inner.tags(target, n, last)
@@ -246,33 +255,36 @@ class CachingRegistry:
     async def referrers(self, target: Target, digest: str, artifact_type: str | None) -> Referrers:
         return await self._inner.referrers(target, digest, artifact_type)
 
-    def running_fill(self, key: str, digest: str) -> Fill | None:
-        fill = self._fills.get((key, digest))
+    def running_fill(self, scope: Scope, digest: str) -> Fill | None:
+        """A fill of ``digest`` for the scope's upstream identity, from any repository."""
+        fill = self._fills.get((scope.upstream, digest))
         return None if fill is None or fill.state == Fill.FAILED else fill
 
-    def start_fill(self, key: str, source: BlobSource) -> tuple[Deferred[Fill | _Unstored], bool]:
+    def start_fill(
+        self, scope: Scope, source: BlobSource
+    ) -> tuple[Deferred[Fill | _Unstored], bool]:
         """The fill of ``source``'s blob, started once for all concurrent callers.
 
         An :class:`_Unstored` body when the blob cannot be cached (no length, no
         room, storage failing); and whether this caller joined a start under way.
         """
         return self._coalescer.run(
-            ("blob", key, source.digest), lambda: self._start_fill(key, source)
+            ("blob", scope.upstream, source.digest), lambda: self._start_fill(scope, source)
         )
 
-    async def _start_fill(self, key: str, source: BlobSource) -> Fill | _Unstored:
+    async def _start_fill(self, scope: Scope, source: BlobSource) -> Fill | _Unstored:
         body = await source.open(None)
         size = body.length
         if body.range is not None or size is None or not self._storage.has_room(size):
             return self._unstored(body)
         try:
-            writer = self._storage.begin_write(source.digest, size, key)
+            writer = self._storage.begin_write(source.digest, size, scope)
         except OSError:
             return self._unstored(body)
         fill = Fill(
-            writer, source.digest, key, size, self._settings.detached_fill_max, self._clock
+            writer, source.digest, scope, size, self._settings.detached_fill_max, self._clock
         )
-        self._fills[(key, source.digest)] = fill
+        self._fills[(scope.upstream, source.digest)] = fill
         fill.when_ended(self._fill_ended)
         fill.start(body.stream)
         return fill
@@ -284,8 +296,11 @@ class CachingRegistry:
         self._clock.callLater(0, unstored.drop)
         return unstored
 
+    def link(self, digest: str, scope: Scope) -> None:
+        self._background(self._storage.link(digest, scope))
+
     def _fill_ended(self, fill: Fill) -> None:
-        self._fills.pop((fill.upstream, fill.digest), None)
+        self._fills.pop((fill.scope.upstream, fill.digest), None)
         if fill.state == Fill.COMPLETE:
             self._evict_soon()
 
@@ -341,27 +356,29 @@ class CachingRegistry:
 class _ColdBlob:
     """A blob not in storage: a HEAD goes upstream, a GET fills the cache (or joins a fill)."""
 
-    def __init__(
-        self, cache: CachingRegistry, inner: BlobSource, target: Target, key: str
-    ) -> None:
+    def __init__(self, cache: CachingRegistry, inner: BlobSource, scope: Scope) -> None:
         self.digest = inner.digest
         self._cache = cache
         self._inner = inner
-        self._target = target
-        self._key = key
+        self._scope = scope
+
+    async def confirm(self) -> None:
+        """Make sure the upstream has the blob under this repository (one HEAD); link it."""
+        await self._inner.stat()
+        self._cache.link(self.digest, self._scope)
 
     async def stat(self) -> BlobInfo:
-        fill = self._cache.running_fill(self._key, self.digest)
-        if fill is not None:
+        fill = self._cache.running_fill(self._scope, self.digest)
+        if fill is not None and fill.scope == self._scope:
             return BlobInfo(self.digest, fill.size, OCTET_STREAM, self._cache.count(COALESCED))
         info = await self._inner.stat()
         return attrs.evolve(info, outcome=self._cache.count(MISS))
 
     async def open(self, wanted: RangeRequest | None) -> BlobBody:
         outcome = COALESCED
-        fill = self._cache.running_fill(self._key, self.digest)
+        fill = self._cache.running_fill(self._scope, self.digest)
         if fill is None and self._cache.storage.writable():
-            d, joined = self._cache.start_fill(self._key, self._inner)
+            d, joined = self._cache.start_fill(self._scope, self._inner)
             started = await d
             if isinstance(started, _Unstored):
                 # Not cacheable: the body already asked for serves the first client that
@@ -371,6 +388,8 @@ class _ColdBlob:
                     return self._missed(body)
             else:
                 fill, outcome = started, COALESCED if joined else MISS
+        if fill is not None and fill.scope != self._scope:
+            await self.confirm()  # a download for another repository of the same upstream
         if fill is not None and fill.state != Fill.FAILED:
             try:
                 return self._from_fill(fill, wanted, outcome)

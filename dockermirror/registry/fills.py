@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from dockermirror.registry.model import ByteStream
-from dockermirror.storage.interface import BlobReader, BlobWriter
+from dockermirror.storage.interface import BlobReader, BlobWriter, Scope
 
 log = Logger()
 
@@ -41,7 +41,7 @@ class FillFailed(Exception):
 
 @implementer(IConsumer)
 class Fill:
-    """One download of ``digest`` (``size`` bytes) into ``writer``, for identity ``upstream``."""
+    """One download of ``digest`` (``size`` bytes) into ``writer``, fetched under ``scope``."""
 
     RUNNING, COMPLETE, FAILED = "running", "complete", "failed"
 
@@ -49,13 +49,13 @@ class Fill:
         self,
         writer: BlobWriter,
         digest: str,
-        upstream: str,
+        scope: Scope,
         size: int,
         detached_max: int,
         clock: IReactorTime,
     ) -> None:
         self.digest = digest
-        self.upstream = upstream
+        self.scope = scope
         self.size = size
         self.state = self.RUNNING
         self.problem: str | None = None

@@ -36,7 +36,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from dockermirror.storage.index import Index
-from dockermirror.storage.interface import BlobReader, StoredManifest, TagEntry
+from dockermirror.storage.interface import BlobEntry, BlobReader, Scope, StoredManifest, TagEntry
 from dockermirror.storage.workers import Worker
 
 log = Logger()
@@ -188,19 +188,19 @@ class FilesystemStorage:
     def local_path(self, digest: str) -> str | None:
         return str(self.path(digest))
 
-    def blob_size(self, digest: str, upstream: str) -> Deferred[int | None]:
-        def look() -> tuple[int | None, bool]:
-            size = self._lookup_index.blob_size(digest, upstream)
-            return size, size is not None and self.path(digest).exists()
+    def stored_blob(self, digest: str, scope: Scope) -> Deferred[BlobEntry | None]:
+        def look() -> tuple[BlobEntry | None, bool]:
+            entry = self._lookup_index.blob(digest, scope)
+            return entry, entry is not None and self.path(digest).exists()
 
-        def found(result: tuple[int | None, bool] | None) -> int | None:
-            size, present = result or (None, False)
-            if size is not None and not present:
+        def found(result: tuple[BlobEntry | None, bool] | None) -> BlobEntry | None:
+            entry, present = result or (None, False)
+            if entry is not None and not present:
                 # Removed behind our back: forget it, so that it is fetched again.
                 log.warn("cached blob {digest} is missing from disk", digest=digest)
-                self._forget({digest: size})
+                self._forget({digest: entry.size})
                 return None
-            return size
+            return entry
 
         return self._lookup(look, None).addCallback(found)
 
@@ -210,9 +210,9 @@ class FilesystemStorage:
         except OSError as e:
             return fail(e)
 
-    def begin_write(self, digest: str, size: int, upstream: str) -> _PendingBlob:
+    def begin_write(self, digest: str, size: int, scope: Scope) -> _PendingBlob:
         try:
-            return _PendingBlob(self, digest, size, upstream)
+            return _PendingBlob(self, digest, size, scope)
         except OSError as e:
             self.report_write_failure(e)
             raise
@@ -248,26 +248,26 @@ class FilesystemStorage:
         if not self._readers[digest]:
             del self._readers[digest]
 
-    def _index_blob(
-        self, digest: str, size: int, upstream: str, media_type: str | None
-    ) -> Deferred[None]:
+    def link(self, digest: str, scope: Scope) -> Deferred[None]:
+        return self._write(self._write_index.link, digest, scope).addCallback(lambda _: None)
+
+    def _index_blob(self, digest: str, size: int, scope: Scope) -> Deferred[None]:
         def indexed(new: bool | None) -> None:
             if new:
                 self._total += size
 
-        d = self._write(
-            self._write_index.add_blob, digest, size, upstream, media_type, self._now()
-        )
+        d = self._write(self._write_index.add_blob, digest, size, scope, None, self._now())
         return d.addCallback(indexed)
 
     # Manifests and tags
 
-    def manifest(self, digest: str, upstream: str) -> Deferred[StoredManifest | None]:
+    def manifest(self, digest: str, scope: Scope) -> Deferred[StoredManifest | None]:
         def look() -> StoredManifest | None:
-            media_type = self._lookup_index.manifest_type(digest, upstream)
-            if media_type is None:
+            found = self._lookup_index.manifest_type(digest, scope)
+            if found is None:
                 return None
-            return StoredManifest(digest, media_type, self.path(digest).read_bytes())
+            media_type, linked = found
+            return StoredManifest(digest, media_type, self.path(digest).read_bytes(), linked)
 
         def found(stored: StoredManifest | None) -> StoredManifest | None:
             if stored is not None:
@@ -277,7 +277,7 @@ class FilesystemStorage:
         return self._lookup(look, None).addCallback(found)
 
     def put_manifest(
-        self, digest: str, media_type: str, body: bytes, upstream: str
+        self, digest: str, media_type: str, body: bytes, scope: Scope
     ) -> Deferred[bool]:
         def store() -> bool:
             temp = self.directory / "tmp" / uuid.uuid4().hex
@@ -287,7 +287,7 @@ class FilesystemStorage:
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(temp, final)
             try:
-                return self._write_index.add_blob(digest, len(body), upstream, media_type, now)
+                return self._write_index.add_blob(digest, len(body), scope, media_type, now)
             except sqlite3.Error:
                 if not existed:  # a file the index does not know would escape max_size
                     final.unlink(missing_ok=True)
@@ -301,16 +301,15 @@ class FilesystemStorage:
         now = self._now()
         return self._write(store).addCallback(stored)
 
-    def tag(self, upstream: str, repository: str, tag: str) -> Deferred[TagEntry | None]:
-        return self._lookup(lambda: self._lookup_index.tag(upstream, repository, tag), None)
+    def tag(self, scope: Scope, tag: str) -> Deferred[TagEntry | None]:
+        return self._lookup(lambda: self._lookup_index.tag(scope, tag), None)
 
-    def set_tag(self, upstream: str, repository: str, tag: str, digest: str) -> Deferred[None]:
-        d = self._write(self._write_index.set_tag, upstream, repository, tag, digest, self._now())
+    def set_tag(self, scope: Scope, tag: str, digest: str) -> Deferred[None]:
+        d = self._write(self._write_index.set_tag, scope, tag, digest, self._now())
         return d.addCallback(lambda _: None)
 
-    def drop_tag(self, upstream: str, repository: str, tag: str) -> Deferred[None]:
-        d = self._write(self._write_index.drop_tag, upstream, repository, tag)
-        return d.addCallback(lambda _: None)
+    def drop_tag(self, scope: Scope, tag: str) -> Deferred[None]:
+        return self._write(self._write_index.drop_tag, scope, tag).addCallback(lambda _: None)
 
     # Housekeeping
 
@@ -446,11 +445,11 @@ class _FileReader:
 class _PendingBlob:
     """A blob being downloaded into ``tmp/``; renamed under its digest on commit."""
 
-    def __init__(self, storage: FilesystemStorage, digest: str, size: int, upstream: str) -> None:
+    def __init__(self, storage: FilesystemStorage, digest: str, size: int, scope: Scope) -> None:
         self._storage = storage
         self._digest = digest
         self._size = size
-        self._upstream = upstream
+        self._scope = scope
         self._path = storage.directory / "tmp" / uuid.uuid4().hex
         self._file = open(self._path, "xb")
         self._committed = False
@@ -479,7 +478,7 @@ class _PendingBlob:
             self.discard()
             return fail(e)
         self._path, self._committed = final, True
-        return self._storage._index_blob(self._digest, self._size, self._upstream, None)
+        return self._storage._index_blob(self._digest, self._size, self._scope)
 
     def discard(self) -> None:
         self._file.close()

@@ -1,4 +1,4 @@
-"""The cache index in SQLite: blob sizes, access times, manifest types, sources and tags.
+"""The cache index in SQLite: blob sizes, access times, sources, links, manifest types, tags.
 
 Plain blocking calls on one connection; :mod:`dockermirror.storage.filesystem`
 runs them on worker threads.  WAL mode lets a reading connection go on while
@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from dockermirror.storage.interface import TagEntry
+from dockermirror.storage.interface import BlobEntry, Scope, TagEntry
 
 T = TypeVar("T")
 
@@ -22,13 +22,27 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS blobs (
     digest TEXT PRIMARY KEY,
     size INTEGER NOT NULL,
-    accessed REAL NOT NULL,
-    media_type TEXT
+    accessed REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS blobs_by_access ON blobs (accessed);
+-- The upstream identities a blob was fetched for: only they may be served it.
 CREATE TABLE IF NOT EXISTS sources (
     digest TEXT NOT NULL,
     upstream TEXT NOT NULL,
+    PRIMARY KEY (digest, upstream)
+);
+-- The repositories an upstream has shown a blob or manifest under.
+CREATE TABLE IF NOT EXISTS links (
+    digest TEXT NOT NULL,
+    upstream TEXT NOT NULL,
+    repository TEXT NOT NULL,
+    PRIMARY KEY (digest, upstream, repository)
+);
+-- A manifest's media type, as each upstream gave it.
+CREATE TABLE IF NOT EXISTS manifest_types (
+    digest TEXT NOT NULL,
+    upstream TEXT NOT NULL,
+    media_type TEXT NOT NULL,
     PRIMARY KEY (digest, upstream)
 );
 CREATE TABLE IF NOT EXISTS tags (
@@ -39,6 +53,12 @@ CREATE TABLE IF NOT EXISTS tags (
     checked REAL NOT NULL,
     PRIMARY KEY (upstream, repository, tag)
 );
+"""
+# Caches made before manifest_types kept one media type per blob, in blobs.media_type.
+_MIGRATE_MEDIA_TYPES = """
+INSERT OR IGNORE INTO manifest_types
+    SELECT digest, upstream, media_type FROM blobs JOIN sources USING (digest)
+    WHERE media_type IS NOT NULL
 """
 # How long a call waits for a lock another connection holds before it fails.  SQLite's own
 # wait cannot be interrupted, so it waits briefly and the wait is retried here, where
@@ -64,6 +84,10 @@ class Index:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")
                 db.executescript(_SCHEMA)
+                columns = {row[1] for row in db.execute("PRAGMA table_info(blobs)")}
+                if "media_type" in columns:
+                    with db:
+                        db.execute(_MIGRATE_MEDIA_TYPES)
             else:
                 db.execute("PRAGMA query_only=1")
         except sqlite3.Error:
@@ -100,25 +124,29 @@ class Index:
 
     # Reading
 
-    def blob_size(self, digest: str, upstream: str) -> int | None:
+    def blob(self, digest: str, scope: Scope) -> BlobEntry | None:
         row = self.db.execute(
-            "SELECT size FROM blobs JOIN sources USING (digest) WHERE digest = ? AND upstream = ?",
-            (digest, upstream),
+            "SELECT size, EXISTS (SELECT 1 FROM links"
+            " WHERE digest = ?1 AND upstream = ?2 AND repository = ?3)"
+            " FROM blobs JOIN sources USING (digest) WHERE digest = ?1 AND upstream = ?2",
+            (digest, scope.upstream, scope.repository),
         ).fetchone()
-        return None if row is None else int(row[0])
+        return None if row is None else BlobEntry(int(row[0]), bool(row[1]))
 
-    def manifest_type(self, digest: str, upstream: str) -> str | None:
+    def manifest_type(self, digest: str, scope: Scope) -> tuple[str, bool] | None:
+        """The media type the scope's upstream gave, and whether it showed it under the scope."""
         row = self.db.execute(
-            "SELECT media_type FROM blobs JOIN sources USING (digest)"
-            " WHERE digest = ? AND upstream = ? AND media_type IS NOT NULL",
-            (digest, upstream),
+            "SELECT manifest_types.media_type, EXISTS (SELECT 1 FROM links"
+            " WHERE digest = ?1 AND upstream = ?2 AND repository = ?3)"
+            " FROM manifest_types JOIN blobs USING (digest) WHERE digest = ?1 AND upstream = ?2",
+            (digest, scope.upstream, scope.repository),
         ).fetchone()
-        return None if row is None else str(row[0])
+        return None if row is None else (str(row[0]), bool(row[1]))
 
-    def tag(self, upstream: str, repository: str, tag: str) -> TagEntry | None:
+    def tag(self, scope: Scope, tag: str) -> TagEntry | None:
         row = self.db.execute(
             "SELECT digest, checked FROM tags WHERE upstream = ? AND repository = ? AND tag = ?",
-            (upstream, repository, tag),
+            (scope.upstream, scope.repository, tag),
         ).fetchone()
         return None if row is None else TagEntry(row[0], row[1])
 
@@ -134,32 +162,51 @@ class Index:
     # Writing
 
     def add_blob(
-        self, digest: str, size: int, upstream: str, media_type: str | None, now: float
+        self, digest: str, size: int, scope: Scope, media_type: str | None, now: float
     ) -> bool:
-        """Index a stored blob for ``upstream``; True when the blob was not stored before."""
+        """Index a stored blob, fetched under ``scope``; True when it was not stored before."""
         with self.db:
             existed = self.db.execute("SELECT 1 FROM blobs WHERE digest = ?", (digest,)).fetchone()
             self.db.execute(
-                "INSERT INTO blobs (digest, size, accessed, media_type) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT (digest) DO UPDATE SET accessed = excluded.accessed,"
-                " media_type = COALESCE(excluded.media_type, blobs.media_type)",
-                (digest, size, now, media_type),
+                "INSERT INTO blobs (digest, size, accessed) VALUES (?, ?, ?)"
+                " ON CONFLICT (digest) DO UPDATE SET accessed = excluded.accessed",
+                (digest, size, now),
             )
-            self.db.execute("INSERT OR IGNORE INTO sources VALUES (?, ?)", (digest, upstream))
+            self.db.execute(
+                "INSERT OR IGNORE INTO sources VALUES (?, ?)", (digest, scope.upstream)
+            )
+            self._link(digest, scope)
+            if media_type is not None:
+                self.db.execute(
+                    "INSERT OR REPLACE INTO manifest_types VALUES (?, ?, ?)",
+                    (digest, scope.upstream, media_type),
+                )
         return existed is None
 
-    def set_tag(self, upstream: str, repository: str, tag: str, digest: str, now: float) -> None:
+    def link(self, digest: str, scope: Scope) -> None:
+        with self.db:
+            self._link(digest, scope)
+
+    def _link(self, digest: str, scope: Scope) -> None:
+        self.db.execute(
+            "INSERT OR IGNORE INTO links VALUES (?, ?, ?)",
+            (digest, scope.upstream, scope.repository),
+        )
+
+    def set_tag(self, scope: Scope, tag: str, digest: str, now: float) -> None:
+        """Bind a tag; the upstream showed ``digest`` under the scope's repository."""
         with self.db:
             self.db.execute(
                 "INSERT OR REPLACE INTO tags VALUES (?, ?, ?, ?, ?)",
-                (upstream, repository, tag, digest, now),
+                (scope.upstream, scope.repository, tag, digest, now),
             )
+            self._link(digest, scope)
 
-    def drop_tag(self, upstream: str, repository: str, tag: str) -> None:
+    def drop_tag(self, scope: Scope, tag: str) -> None:
         with self.db:
             self.db.execute(
                 "DELETE FROM tags WHERE upstream = ? AND repository = ? AND tag = ?",
-                (upstream, repository, tag),
+                (scope.upstream, scope.repository, tag),
             )
 
     def touch(self, accesses: Iterable[tuple[str, float]]) -> None:
@@ -172,5 +219,5 @@ class Index:
     def forget(self, digests: Iterable[str]) -> None:
         rows = [(digest,) for digest in digests]
         with self.db:
-            self.db.executemany("DELETE FROM blobs WHERE digest = ?", rows)
-            self.db.executemany("DELETE FROM sources WHERE digest = ?", rows)
+            for table in ("blobs", "sources", "links", "manifest_types"):
+                self.db.executemany(f"DELETE FROM {table} WHERE digest = ?", rows)

@@ -13,9 +13,11 @@ writes are dropped), so a broken disk or index turns pulls into pass-through
 pulls, never into errors.  Only opening a blob's bytes raises ``OSError``: the
 caller then fetches the blob again.
 
-``upstream`` strings name an upstream identity (URL and user): content is
-served only to requests for an identity that fetched it, so what was pulled
-with one set of credentials never reaches a route without them.
+A :class:`Scope` names an upstream identity (URL and user) and a repository:
+content is served only to requests for an identity that fetched it, so what was
+pulled with one set of credentials never reaches a route without them; and the
+cache confirms with the upstream, once, that content stored under one
+repository is there under another before serving it there.
 """
 
 from __future__ import annotations
@@ -27,6 +29,25 @@ from twisted.internet.defer import Deferred
 
 
 @attrs.frozen
+class Scope:
+    """An upstream identity (URL and user) and a repository at it.
+
+    Content is served to a scope only if it was fetched for the same identity,
+    and is known to be there under the repository (``linked``) only if that
+    upstream has shown it there.
+    """
+
+    upstream: str
+    repository: str
+
+
+@attrs.frozen
+class BlobEntry:
+    size: int
+    linked: bool  # the upstream has shown the blob under the scope's repository
+
+
+@attrs.frozen
 class TagEntry:
     digest: str
     checked: float  # when the upstream last confirmed the tag (clock seconds)
@@ -35,8 +56,9 @@ class TagEntry:
 @attrs.frozen
 class StoredManifest:
     digest: str
-    media_type: str
+    media_type: str  # as the scope's upstream gave it
     body: bytes
+    linked: bool  # the upstream has shown it under the scope's repository
 
 
 class BlobReader(Protocol):
@@ -87,16 +109,19 @@ class BlobStorage(Protocol):
 
     # Blobs
 
-    def blob_size(self, digest: str, upstream: str) -> Deferred[int | None]:
-        """The size of a stored blob that ``upstream`` may be served, else None."""
+    def stored_blob(self, digest: str, scope: Scope) -> Deferred[BlobEntry | None]:
+        """A stored blob the scope's upstream identity may be served, else None."""
 
     def open_blob(self, digest: str, offset: int) -> Deferred[BlobReader]: ...
 
     def local_path(self, digest: str) -> str | None:
         """Where a stored blob lies on this machine, for backends that keep local files."""
 
-    def begin_write(self, digest: str, size: int, upstream: str) -> BlobWriter:
-        """Start storing a blob; ``OSError`` when the storage will not have it."""
+    def begin_write(self, digest: str, size: int, scope: Scope) -> BlobWriter:
+        """Start storing a blob fetched under ``scope``; ``OSError`` when storage refuses it."""
+
+    def link(self, digest: str, scope: Scope) -> Deferred[None]:
+        """Note that the upstream has shown ``digest`` under the scope's repository."""
 
     def writable(self) -> bool:
         """Whether new content should be stored now (open, and no recent write failure)."""
@@ -106,19 +131,19 @@ class BlobStorage(Protocol):
 
     # Manifests and tags
 
-    def manifest(self, digest: str, upstream: str) -> Deferred[StoredManifest | None]: ...
+    def manifest(self, digest: str, scope: Scope) -> Deferred[StoredManifest | None]: ...
 
     def put_manifest(
-        self, digest: str, media_type: str, body: bytes, upstream: str
+        self, digest: str, media_type: str, body: bytes, scope: Scope
     ) -> Deferred[bool]:
-        """Store a manifest; fires with whether it was stored."""
+        """Store a manifest fetched under ``scope``; fires with whether it was stored."""
 
-    def tag(self, upstream: str, repository: str, tag: str) -> Deferred[TagEntry | None]: ...
+    def tag(self, scope: Scope, tag: str) -> Deferred[TagEntry | None]: ...
 
-    def set_tag(self, upstream: str, repository: str, tag: str, digest: str) -> Deferred[None]:
-        """Bind the tag to ``digest``, confirmed now."""
+    def set_tag(self, scope: Scope, tag: str, digest: str) -> Deferred[None]:
+        """Bind the tag to ``digest``, confirmed now (and so link the digest to the scope)."""
 
-    def drop_tag(self, upstream: str, repository: str, tag: str) -> Deferred[None]: ...
+    def drop_tag(self, scope: Scope, tag: str) -> Deferred[None]: ...
 
     # Housekeeping
 
