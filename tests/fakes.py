@@ -19,7 +19,9 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from dockermirror.config import MirrorConfig, build_config
+from dockermirror.registry.caching import CachingRegistry
 from dockermirror.service import build_registry, build_site
+from dockermirror.storage.filesystem import FilesystemStorage
 from dockermirror.storage.workers import InlineWorker
 from dockermirror.upstream.client import UpstreamClient
 
@@ -152,6 +154,16 @@ class Harness:
             self.cache.startService()
         self.site = build_site(self.config, self.clock, self.registry_stack)
         self.client = stub_client(self.site)
+
+    def caching(self) -> CachingRegistry:
+        """The caching registry (the cache is on)."""
+        assert isinstance(self.registry_stack, CachingRegistry)
+        return self.registry_stack
+
+    def storage(self) -> FilesystemStorage:
+        store = self.caching().storage
+        assert isinstance(store, FilesystemStorage)
+        return store
 
     def settle(self) -> None:
         for _ in range(20):

@@ -28,8 +28,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from dockermirror.reference import digest_of
 from dockermirror.registry import fills
-from dockermirror.registry.caching import CachingRegistry, upstream_key
-from dockermirror.storage.filesystem import FilesystemStorage
+from dockermirror.registry.caching import upstream_key
 from dockermirror.storage.interface import Scope
 from tests.fakes import FakeRegistry, Harness, blob_handler, json_error, result_of
 
@@ -60,20 +59,9 @@ def cached(tmp_path: Path) -> Callable[..., Harness]:
     return make
 
 
-def caching(harness: Harness) -> CachingRegistry:
-    assert isinstance(harness.registry_stack, CachingRegistry)
-    return harness.registry_stack
-
-
-def storage(harness: Harness) -> FilesystemStorage:
-    store = caching(harness).storage
-    assert isinstance(store, FilesystemStorage)
-    return store
-
-
 def running_fill(harness: Harness, registry: str, digest: str) -> fills.Fill | None:
     scope = Scope(upstream_key(harness.config.registries[registry]), "library/redis")
-    return caching(harness).running_fill(scope, digest)
+    return harness.caching().running_fill(scope, digest)
 
 
 def temp_files(harness: Harness) -> list[Path]:
@@ -229,7 +217,7 @@ def test_a_revalidated_tag_is_trusted_for_another_ttl(
         assert (response.code, outcome(response)) == (200, "HIT"), method
     assert len(registry.requests) == before
     scope = Scope(upstream_key(harness.config.registries["docker.io"]), "library/redis")
-    entry = result_of(storage(harness).tag(scope, "7"))
+    entry = result_of(harness.storage().tag(scope, "7"))
     assert entry is not None and entry.checked == 61
 
 
@@ -245,7 +233,7 @@ def test_eviction_spares_a_blob_a_slow_client_is_reading(
         registry.handlers[f"/v2/library/redis/blobs/{digest_of(data)}"] = blob_handler(data)
     # Room for one and a half blobs: the second pushes the cache over max_size.
     harness = cached(registry, max_size=SIZE * 3 // 2, min_free=1)
-    store = storage(harness)
+    store = harness.storage()
     old_path = f"/v2/redis/blobs/{digest_of(old)}"
     get(harness, old_path)
     harness.clock.advance(1)
@@ -288,7 +276,7 @@ def test_eviction_spares_a_blob_being_filled(
         }
     }
     harness = cached(registry, toml, max_size=SIZE * 3 // 2, min_free=1)
-    store = storage(harness)
+    store = harness.storage()
     anonymous, private = (
         f"/v2/redis/blobs/{digest}",
         f"/v2/private.test/private/app/blobs/{digest}",
@@ -328,7 +316,7 @@ def test_a_fill_whose_upstream_goes_silent_ends_after_idle_timeout(
     path = f"/v2/library/redis/blobs/{digest_of(data)}"
     upstream = HeldBlob(registry, path, data, SIZE // 2)
     harness = cached(registry, {"upstream": {"idle_timeout": 10}})
-    store = storage(harness)
+    store = harness.storage()
     pending = [harness.client.get(f"http://mirror.test/v2/redis/blobs/{digest_of(data)}")]
     harness.settle()
     pending.append(harness.client.get(f"http://mirror.test/v2/redis/blobs/{digest_of(data)}"))
@@ -382,7 +370,7 @@ def test_a_fill_larger_than_detached_fill_max_stops_when_its_client_leaves(
     assert running_fill(harness, "docker.io", digest_of(data)) is None
     assert len(upstream.closed) == 1  # the upstream download was stopped
     assert temp_files(harness) == []
-    assert not storage(harness).path(digest_of(data)).exists()
+    assert not harness.storage().path(digest_of(data)).exists()
     path = f"/v2/library/redis/blobs/{digest_of(data)}"
     harness.registry.handlers[path] = blob_handler(data)
     response, body = get(harness, f"/v2/redis/blobs/{digest_of(data)}")
@@ -400,7 +388,7 @@ def test_a_fill_within_detached_fill_max_goes_on_when_its_client_leaves(
     upstream.release()
     harness.settle()
     assert temp_files(harness) == []
-    assert storage(harness).path(digest_of(data)).read_bytes() == data
+    assert harness.storage().path(digest_of(data)).read_bytes() == data
     before = len(harness.registry.requests)
     response, body = get(harness, f"/v2/redis/blobs/{digest_of(data)}")
     assert (outcome(response), body) == ("HIT", data)
@@ -416,7 +404,7 @@ def test_an_upstream_404_for_a_cached_tag_drops_it(cached: Callable[..., Harness
     harness = cached(registry, tag_ttl=60, stale_on_not_found=False)
     scope = Scope(upstream_key(harness.config.registries["docker.io"]), "library/redis")
     get(harness, "/v2/redis/manifests/7")
-    assert result_of(storage(harness).tag(scope, "7")) is not None
+    assert result_of(harness.storage().tag(scope, "7")) is not None
     manifests.failure = (404, "MANIFEST_UNKNOWN")
     harness.clock.advance(61)
     response = harness.request("GET", "/v2/redis/manifests/7", headers={"Accept": [OCI]})
@@ -424,7 +412,7 @@ def test_an_upstream_404_for_a_cached_tag_drops_it(cached: Callable[..., Harness
         404,
         "MANIFEST_UNKNOWN",
     )
-    assert result_of(storage(harness).tag(scope, "7")) is None
+    assert result_of(harness.storage().tag(scope, "7")) is None
     # The tag is back upstream: the mirror asks for it afresh (a GET), not a revalidation.
     manifests.failure = None
     before = len(registry.paths("GET"))

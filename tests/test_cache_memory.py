@@ -15,8 +15,6 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from dockermirror.reference import digest_of
 from dockermirror.registry import fills
-from dockermirror.registry.caching import CachingRegistry
-from dockermirror.storage.filesystem import FilesystemStorage
 from dockermirror.storage.interface import Scope
 from tests.fakes import (
     FakeRegistry,
@@ -85,17 +83,6 @@ def cached(tmp_path: Path) -> Callable[..., Harness]:
     return make
 
 
-def caching(harness: Harness) -> CachingRegistry:
-    assert isinstance(harness.registry_stack, CachingRegistry)
-    return harness.registry_stack
-
-
-def storage(harness: Harness) -> FilesystemStorage:
-    store = caching(harness).storage
-    assert isinstance(store, FilesystemStorage)
-    return store
-
-
 def outcome(response: Any) -> str:
     return str(response.headers.getRawHeaders("x-dockermirror-cache", ["-"])[0])
 
@@ -118,7 +105,7 @@ def test_second_blob_pull_makes_no_upstream_request(
     assert second.length == len(BLOB)
     assert second.headers.getRawHeaders("docker-content-digest") == [DIGEST]
     assert len(registry.requests) == before
-    assert caching(harness).stats["hit"] == 1
+    assert harness.caching().stats["hit"] == 1
 
 
 def test_cached_blob_head_ranges_and_416(
@@ -213,7 +200,7 @@ def test_clients_of_a_corrupt_fill_never_see_a_complete_blob(
     for body in bodies:
         assert len(body) == 1 and isinstance(body[0], Failure)
         assert body[0].check(ResponseFailed)
-    assert not storage(harness).path(DIGEST).exists()
+    assert not harness.storage().path(DIGEST).exists()
 
 
 def test_corrupt_upstream_blob_is_never_stored(
@@ -319,7 +306,7 @@ def test_stale_manifest_is_served_when_the_upstream_fails(
     response, body = get(harness, "/v2/redis/manifests/7")
     assert (response.code, outcome(response), body) == (200, "STALE", manifests.body)
     assert response.headers.getRawHeaders("warning") == ['110 - "Response is Stale"']
-    assert caching(harness).stats["stale"] == 1
+    assert harness.caching().stats["stale"] == 1
 
 
 def test_staleness_is_bounded_by_max_stale(
@@ -394,7 +381,7 @@ def test_least_recently_used_blobs_are_evicted(cached: Callable[..., Harness]) -
     for digest in order[3:]:
         get(harness, f"/v2/redis/blobs/{digest}")
         harness.clock.advance(1)  # eviction runs in a later turn, off the request path
-    store = storage(harness)
+    store = harness.storage()
     assert store.total <= 3 * len(BLOB) + 10
     kept = {d for d in blobs if store.path(d).exists()}
     assert order[0] in kept and order[4] in kept
@@ -420,7 +407,7 @@ def test_full_disk_streams_through(registry: FakeRegistry, cached: Callable[...,
     harness = cached(registry, min_free="1000TiB")
     response, body = get(harness, BLOB_PATH)
     assert (response.code, outcome(response), body) == (200, "MISS", BLOB)
-    assert not storage(harness).path(DIGEST).exists()
+    assert not harness.storage().path(DIGEST).exists()
 
 
 def test_write_failure_mid_fill_fails_that_pull_then_streams_through(
@@ -428,7 +415,7 @@ def test_write_failure_mid_fill_fails_that_pull_then_streams_through(
 ) -> None:
     upstream = SlowBlob(registry)
     harness = cached(registry)
-    store = storage(harness)
+    store = harness.storage()
     real_begin_write = store.begin_write
 
     def disk_fills_up(digest: str, size: int, scope: Scope) -> Any:
@@ -463,10 +450,10 @@ def test_blob_missing_from_disk_is_fetched_again(
 ) -> None:
     harness = cached(registry)
     get(harness, BLOB_PATH)
-    storage(harness).path(DIGEST).unlink()
+    harness.storage().path(DIGEST).unlink()
     response, body = get(harness, BLOB_PATH)
     assert (response.code, outcome(response), body) == (200, "MISS", BLOB)
-    assert storage(harness).total == len(BLOB)
+    assert harness.storage().total == len(BLOB)
 
 
 def test_a_tag_resolved_by_head_is_remembered_from_the_first_pull(
@@ -494,7 +481,7 @@ def test_a_tag_resolved_by_head_is_remembered_from_the_first_pull(
 
 def nothing_stored(harness: Harness) -> bool:
     store_dir = Path(harness.config.cache.dir)
-    return not any((store_dir / "tmp").iterdir()) and not storage(harness).path(DIGEST).exists()
+    return not any((store_dir / "tmp").iterdir()) and not harness.storage().path(DIGEST).exists()
 
 
 def test_a_fill_nobody_reads_stops_at_detached_fill_max(

@@ -20,8 +20,8 @@ import pytest
 
 from tests.conftest import BIG_LAYER
 from tests.support.clients import IMAGES, copy, fetch, require, same_tree, skopeo
+from tests.support.docker import start_containerd
 from tests.support.peers import Mirror, Upstream
-from tests.support.processes import Peer
 
 
 @pytest.mark.parametrize("label", sorted(IMAGES))
@@ -270,30 +270,9 @@ insecure = true
 @pytest.fixture(scope="module")
 def containerd() -> Iterator[str]:
     """A private containerd (CRI off); yields its socket path."""
-    binary = require("containerd")
     # Unix socket paths are limited to 108 bytes: keep the state directory short.
     root = Path(tempfile.mkdtemp(prefix="ctd"))
-    socket_path = str(root / "c.sock")
-    config = root / "config.toml"
-    config.write_text(
-        f"""version = 2
-root = "{root}/root"
-state = "{root}/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-
-[grpc]
-  address = "{socket_path}"
-
-[ttrpc]
-  address = "{socket_path}.ttrpc"
-
-[debug]
-  address = "{root}/d.sock"
-"""
-    )
-    peer = Peer(
-        "containerd", [binary, "--config", str(config)], socket_path, root / "containerd.log"
-    )
+    peer, socket_path = start_containerd(root)
     yield socket_path
     peer.stop()
     shutil.rmtree(root, ignore_errors=True)
