@@ -76,10 +76,11 @@ class Options(usage.Options):
                 raise StartupError(f"port {port!r}: {e}") from None
 
 
-class StartupError(SystemExit):
-    """A problem that stops start-up: one line on stderr, no traceback, no usage text.
+class StartupError(SystemExit, Exception):
+    """A problem that stops start-up: one line, no traceback, no usage text.
 
     (twistd answers a UsageError with its whole usage text before the line that matters.)
+    An Exception too, so that twistd, daemonizing, reports it to the waiting parent.
     """
 
     def __init__(self, problem: str) -> None:
@@ -97,8 +98,9 @@ class Listener(MultiService):
     def privilegedStartService(self) -> None:
         try:
             super().privilegedStartService()
-        except CannotListenError as e:
-            reason = getattr(e.socketError, "strerror", None) or e.socketError
+        except (CannotListenError, OSError) as e:
+            error = getattr(e, "socketError", e)
+            reason = getattr(error, "strerror", None) or error
             raise StartupError(f"cannot listen on {self.description}: {reason}") from None
         log.info("listening on {endpoint}", endpoint=self.description)
 

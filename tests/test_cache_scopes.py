@@ -99,7 +99,8 @@ def test_a_manifest_type_is_each_upstreams_own(registry: FakeRegistry, tmp_path:
     }
     for _ in range(2):  # a miss, then a hit, for each
         for name, path in paths.items():
-            response = harness.request("GET", path, headers={"Accept": ["*/*"]})
+            accept = [f"{OCI}, application/x-other"]
+            response = harness.request("GET", path, headers={"Accept": accept})
             expected = "application/x-other" if name == "private" else OCI
             assert response.headers.getRawHeaders("content-type") == [expected], name
     assert len(registry.paths("GET")) == 2

@@ -32,9 +32,10 @@ from tests.support.probes import (
 from tests.support.processes import wait_for
 
 LOCK_SECONDS = 10.0
-# The issue asks for 100 ms; 1 s keeps a loaded CI machine from flaking, and a reactor
-# waiting on SQLite would show the busy timeout, 5 s.  bench/index_lock.py measures.
-LATENCY_BOUND = 1.0
+# The issue asks for 100 ms; 2.5 s keeps a loaded machine from flaking (1 s did once, at
+# 1.09 s, beside a Docker engine), and a reactor waiting on SQLite shows the 5 s busy
+# timeout.  bench/index_lock.py measures: 46 ms at most.
+LATENCY_BOUND = 2.5
 # The uncached image is asked for this long after the lock is taken.
 COLD_AFTER = 1.0
 

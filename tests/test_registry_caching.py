@@ -213,9 +213,9 @@ def test_a_client_without_accept_takes_only_schema1_and_is_passed_through(cache:
         assert cache.upstream.calls[-1] == ("manifest", "latest", (), False)
     assert cache.upstream.calls[0] == ("manifest", "latest", ALL_MANIFESTS, False)
     assert len(cache.upstream.calls) == 3
-    # The tag still means the list, for a client that takes anything.
-    anything = manifest(cache, ["*/*"])
-    assert (anything.body, anything.outcome) == (LIST, CacheOutcome.HIT)
+    # So does curl's */*, which names no type.  The tag still means the list.
+    assert manifest(cache, ["*/*"]).body == AMD64
+    assert manifest(cache, LISTS).outcome == CacheOutcome.HIT
 
 
 def test_head_resolution_binds_the_tag_when_its_manifest_is_stored(cache: Cache) -> None:
@@ -269,3 +269,15 @@ def test_blob_sources_describe_themselves_and_say_where_they_lie(cache: Cache) -
         run(stored.open(RangeRequest(first=len(BLOB))))
     assert unsatisfiable.value.size == len(BLOB)
     assert cache.upstream.calls == [("open", digest)]
+
+
+def test_every_tag_a_head_resolved_is_bound_when_the_manifest_is_stored(cache: Cache) -> None:
+    cache.upstream.tag_digests["stable"] = digest_of(LIST)
+    for tag in ("latest", "stable"):
+        run(cache.registry.manifest(TARGET, tag, LISTS, head=True))
+    manifest(cache, LISTS, digest_of(LIST))
+    calls = len(cache.upstream.calls)
+    for tag in ("latest", "stable"):
+        again = run(cache.registry.manifest(TARGET, tag, LISTS, head=True))
+        assert (again.digest, again.outcome) == (digest_of(LIST), CacheOutcome.HIT), tag
+    assert len(cache.upstream.calls) == calls

@@ -224,6 +224,10 @@ def test_an_index_from_before_links_and_manifest_types_still_serves(tmp_path: Pa
     )
     storage.open()
     stored = result_of(storage.manifest(DIGEST, REDIS))
-    # The type survives; under which repository it was fetched is not known: not linked.
-    assert (stored.media_type, stored.body, stored.linked) == ("application/x-m", BLOB, False)
-    assert result_of(storage.stored_blob(DIGEST, REDIS)) == BlobEntry(len(BLOB), linked=False)
+    # The type survives; content cached before links is served under any repository, as
+    # it was, so an upgrade costs no upstream request (and pulls work with it down).
+    assert (stored.media_type, stored.body, stored.linked) == ("application/x-m", BLOB, True)
+    assert result_of(storage.stored_blob(DIGEST, REDIS)) == BlobEntry(len(BLOB), linked=True)
+    other = Scope("u", "library/other")
+    assert result_of(storage.stored_blob(DIGEST, other)) == BlobEntry(len(BLOB), linked=True)
+    assert result_of(storage.stored_blob(DIGEST, Scope("v", "library/redis"))) is None

@@ -204,8 +204,9 @@ def test_a_path_that_is_not_utf8_gets_an_oci_error(
     registry: ScriptedRegistry, log_events: list[dict[str, object]]
 ) -> None:
     resource = MirrorApp(build_config({}), registry, TokenIssuer(Clock())).resource()
-    request = DummyRequest([b"v2", b"\xff", b"manifests", b"7"])
-    request.path = b"/v2/\xff/manifests/7"  # type: ignore[attr-defined]  # set by real requests
+    request = DummyRequest([b"v2", b"%ff", b"manifests", b"7"])
+    # As a client sends it: percent-encoded bytes that are not UTF-8 once decoded.
+    request.path = b"/v2/library%ff/manifests/7"  # type: ignore[attr-defined]
     body = resource.render(request)
     assert isinstance(body, bytes)
     assert (request.responseCode, json.loads(body)["errors"][0]["code"]) == (400, "NAME_INVALID")

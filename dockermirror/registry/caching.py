@@ -22,11 +22,11 @@ what was pulled with credentials is never served to a route without them.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IConsumer, IProducer, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -91,7 +91,7 @@ class CachingRegistry:
         self._fills: dict[tuple[str, str], Fill] = {}
         # Tags a HEAD resolved to a manifest not stored yet, by scope and digest: bound when
         # a GET by that digest stores the manifest.
-        self._resolved: dict[tuple[Scope, str], str] = {}
+        self._resolved: dict[tuple[Scope, str], set[str]] = {}
         self._coalescer = Coalescer()
         self.stats: Counter[str] = Counter()
         self._logged_stats: dict[str, int] = {}
@@ -114,7 +114,7 @@ class CachingRegistry:
                 return self._answer(stored, head, HIT)
             manifest = await self._shared_manifest(target, reference, accept, head)
             if manifest.body is not None:
-                self._keep(scope, manifest, self._resolved.pop((scope, reference), None))
+                self._keep(scope, manifest, self._resolved.pop((scope, reference), set()))
             return self._count(manifest, MISS)
         entry = await self._storage.tag(scope, reference)
         stored = await self._storage.manifest(entry.digest, scope) if entry else None
@@ -160,7 +160,7 @@ class CachingRegistry:
                 if fallback is None:
                     raise
                 return self._stale_or_raise(target, tag, *fallback, error, head)
-            self._keep(scope, manifest, tag)
+            self._keep(scope, manifest, [tag])
         if not acceptable(manifest.media_type, accept):
             return await self._pass_through(target, tag, accept, head)
         return self._count(_without_body(manifest) if head else manifest, MISS)
@@ -183,20 +183,21 @@ class CachingRegistry:
         return d
 
     def _remember_resolution(self, scope: Scope, tag: str, digest: str) -> None:
-        if len(self._resolved) >= _MAX_RESOLUTIONS:
+        if (scope, digest) not in self._resolved and len(self._resolved) >= _MAX_RESOLUTIONS:
             del self._resolved[next(iter(self._resolved))]  # the oldest
-        self._resolved[(scope, digest)] = tag
+        self._resolved.setdefault((scope, digest), set()).add(tag)
 
-    def _keep(self, scope: Scope, manifest: Manifest, tag: str | None = None) -> None:
-        """Store a fetched manifest (and bind the tag to it) in the background."""
+    def _keep(self, scope: Scope, manifest: Manifest, tags: Iterable[str] = ()) -> None:
+        """Store a fetched manifest (and bind tags to it) in the background."""
         if manifest.body is None or not self._storage.writable():
             return
 
-        def stored(done: bool) -> Deferred[None] | None:
+        def stored(done: bool) -> Deferred[Any] | None:
             self._evict_soon()
-            if done and tag is not None:  # never a tag that names a manifest not stored
-                return self._storage.set_tag(scope, tag, manifest.digest)
-            return None
+            if not done:  # never a tag that names a manifest not stored
+                return None
+            bindings = [self._storage.set_tag(scope, tag, manifest.digest) for tag in tags]
+            return gatherResults(bindings) if bindings else None
 
         d = self._storage.put_manifest(manifest.digest, manifest.media_type, manifest.body, scope)
         self._background(d.addCallback(stored))

@@ -50,11 +50,12 @@ def accepted_types(accept: Sequence[str]) -> set[str]:
 def acceptable(media_type: str, accept: Sequence[str]) -> bool:
     """Whether a client that sent these Accept values takes a manifest of ``media_type``.
 
-    A client that sends no Accept at all takes only schema1 (signed or not):
+    A client takes the types it names.  One that names none (no Accept, or
+    only wildcards such as curl's ``*/*``) takes only schema1, signed or not:
     distribution answers it with schema1, converting a schema2 image or the
     default platform of a list on the fly.
     """
-    if not accept:
+    named = {t for t in accepted_types(accept) if not t.endswith("/*")}
+    if not named:
         return base_type(media_type) in SCHEMA1
-    types = accepted_types(accept)
-    return bool(types & {base_type(media_type), "*/*", "application/*"})
+    return base_type(media_type) in named

@@ -54,12 +54,21 @@ CREATE TABLE IF NOT EXISTS tags (
     PRIMARY KEY (upstream, repository, tag)
 );
 """
+# Content cached before links existed was served under any repository; it still is.
+ANY_REPOSITORY = "*"
+_MIGRATE_LINKS = (
+    f"INSERT OR IGNORE INTO links SELECT digest, upstream, '{ANY_REPOSITORY}' FROM sources"
+)
 # Caches made before manifest_types kept one media type per blob, in blobs.media_type.
 _MIGRATE_MEDIA_TYPES = """
 INSERT OR IGNORE INTO manifest_types
     SELECT digest, upstream, media_type FROM blobs JOIN sources USING (digest)
     WHERE media_type IS NOT NULL
 """
+# Whether the upstream has shown ?1 under repository ?3 (or it was cached before links).
+_LINKED = (
+    "EXISTS (SELECT 1 FROM links WHERE digest = ?1 AND upstream = ?2 AND repository IN (?3, ?4))"
+)
 # How long a call waits for a lock another connection holds before it fails.  SQLite's own
 # wait cannot be interrupted, so it waits briefly and the wait is retried here, where
 # abandon() can end it: shutdown never waits out the whole timeout.
@@ -83,7 +92,11 @@ class Index:
             if self._writer:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")
+                tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
                 db.executescript(_SCHEMA)
+                if "sources" in tables and "links" not in tables:
+                    with db:
+                        db.execute(_MIGRATE_LINKS)
                 columns = {row[1] for row in db.execute("PRAGMA table_info(blobs)")}
                 if "media_type" in columns:
                     with db:
@@ -126,20 +139,18 @@ class Index:
 
     def blob(self, digest: str, scope: Scope) -> BlobEntry | None:
         row = self.db.execute(
-            "SELECT size, EXISTS (SELECT 1 FROM links"
-            " WHERE digest = ?1 AND upstream = ?2 AND repository = ?3)"
-            " FROM blobs JOIN sources USING (digest) WHERE digest = ?1 AND upstream = ?2",
-            (digest, scope.upstream, scope.repository),
+            f"SELECT size, {_LINKED} FROM blobs JOIN sources USING (digest)"
+            " WHERE digest = ?1 AND upstream = ?2",
+            (digest, scope.upstream, scope.repository, ANY_REPOSITORY),
         ).fetchone()
         return None if row is None else BlobEntry(int(row[0]), bool(row[1]))
 
     def manifest_type(self, digest: str, scope: Scope) -> tuple[str, bool] | None:
         """The media type the scope's upstream gave, and whether it showed it under the scope."""
         row = self.db.execute(
-            "SELECT manifest_types.media_type, EXISTS (SELECT 1 FROM links"
-            " WHERE digest = ?1 AND upstream = ?2 AND repository = ?3)"
-            " FROM manifest_types JOIN blobs USING (digest) WHERE digest = ?1 AND upstream = ?2",
-            (digest, scope.upstream, scope.repository),
+            f"SELECT manifest_types.media_type, {_LINKED} FROM manifest_types JOIN blobs"
+            " USING (digest) WHERE digest = ?1 AND upstream = ?2",
+            (digest, scope.upstream, scope.repository, ANY_REPOSITORY),
         ).fetchone()
         return None if row is None else (str(row[0]), bool(row[1]))
 

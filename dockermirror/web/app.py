@@ -7,6 +7,7 @@ an upstream, ask the :class:`~dockermirror.registry.model.Registry`, render.
 from __future__ import annotations
 
 import json
+from urllib.parse import unquote_to_bytes
 
 from klein import Klein
 from twisted.internet.defer import CancelledError
@@ -180,7 +181,7 @@ class _Utf8Only(Resource):
 
     def render(self, request: IRequest) -> bytes | int:
         try:
-            request.path.decode("utf-8")
+            unquote_to_bytes(request.path).decode("utf-8")
             request.getRequestHostname().decode("utf-8")
         except UnicodeDecodeError:
             error = RegistryError(NAME_INVALID, message="the path or host is not UTF-8")
