@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
 import tarfile
 import time
 from collections.abc import Iterator
@@ -173,3 +175,24 @@ def test_big_layer_cold_then_warm(docker: Docker) -> None:
     files, layer_digests = saved_content(docker, "big:latest")
     assert files[f"{config.digest.removeprefix('sha256:')}.json"] == config.path.read_bytes()
     assert layer_digests == [layer.diff_id]
+
+
+def test_a_pulled_image_pulls_again_with_the_upstream_stopped(docker: Docker) -> None:
+    """The issue's headline: Docker resolves a tag with HEAD and GETs by digest; from its
+    first pull on, the tag and the image come from the cache, whatever the upstream does."""
+    image = docker.upstream.images["manifest-list"]
+    short = image.name.removeprefix("library/")
+    docker("pull", f"{short}:latest")
+    docker.remove_all_images()
+    upstream = [docker.upstream.registry.process, docker.upstream.tokens.process]
+    for process in upstream:
+        os.kill(process.pid, signal.SIGSTOP)  # a hung upstream: no answer, ever
+    try:
+        mark = len(docker.mirror.peer.output())
+        docker("pull", f"{short}:latest")
+    finally:
+        for process in upstream:
+            os.kill(process.pid, signal.SIGCONT)
+    assert_pulled(docker, f"{short}:latest", short, image, "latest")
+    log = mirror_log(docker, mark)
+    assert "cache=HIT" in log and "cache=MISS" not in log, log
