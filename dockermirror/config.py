@@ -11,10 +11,12 @@ import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 from hyperlink import DecodedURL
+
+N = TypeVar("N", bound=attrs.AttrsInstance)
 
 DOCKER_HUB = "docker.io"
 
@@ -71,6 +73,21 @@ class UpstreamSettings:
 
 
 @attrs.frozen
+class ServerSettings:
+    """Limits on what clients may hold of the mirror."""
+
+    # A connection must have sent a request's complete headers this long after it opened
+    # or its previous answer ended; trickling bytes does not extend it.
+    header_timeout: float = 30.0
+    # An idle keep-alive connection is closed after this long.
+    idle_timeout: float = 300.0
+    # Open client connections in all; lowered at start to fit the file-descriptor limit.
+    max_connections: int = 4096
+    # Open connections from one client address (a whole office may share one).
+    max_connections_per_client: int = 256
+
+
+@attrs.frozen
 class CacheSettings:
     enabled: bool = True
     dir: str = ""
@@ -85,6 +102,8 @@ class CacheSettings:
     detached_fill_max: int = 4 * 1024**3
     # Below this much free disk space, blobs stream through without being stored.
     min_free: int = 1024**3
+    # Bytes per second the background scrub re-hashes cached blobs at; 0 turns it off.
+    scrub_rate: int = 50 * 10**6
 
 
 def default_cache_dir() -> str:
@@ -118,6 +137,7 @@ class MirrorConfig:
     registries: Mapping[str, Registry]
     upstream: UpstreamSettings = UpstreamSettings()
     cache: CacheSettings = CacheSettings()
+    server: ServerSettings = ServerSettings()
 
     def registry_for_host(self, host: str) -> Registry | None:
         name = self.routes.get(host, self.routes.get(DEFAULT_ROUTE))
@@ -153,7 +173,7 @@ def build_config(
     """Validate a parsed TOML document; command-line values override it."""
     _check_keys(data, "", {"server", "routes", "registries", "upstream", "cache"})
     server = _table(data, "server")
-    _check_keys(server, "server.", {"ports"})
+    _check_keys(server, "server.", {"ports", *(f.name for f in attrs.fields(ServerSettings))})
 
     registry_tables = dict(_table(data, "registries"))
     for name, url in registries:
@@ -181,7 +201,10 @@ def build_config(
         ports=chosen_ports or (DEFAULT_PORT,),
         routes=route_table,
         registries=known,
-        upstream=_upstream(_table(data, "upstream")),
+        upstream=_numbers(UpstreamSettings, _table(data, "upstream"), "upstream."),
+        server=_numbers(
+            ServerSettings, {k: v for k, v in server.items() if k != "ports"}, "server."
+        ),
         cache=_cache({**_table(data, "cache"), **(cache or {})}),
     )
 
@@ -215,6 +238,7 @@ def _url_registry(target: str, key: str) -> Registry:
             f"{key}: {target!r} is neither a registry name ({', '.join(sorted(WELL_KNOWN))}, "
             "or one defined under [registries]) nor an http(s):// URL"
         )
+    _url(target, key)  # its faults are named by the route, not by a key holding the URL
     return _registry(target, {"url": target})
 
 
@@ -228,6 +252,11 @@ def _url(value: object, key: str) -> DecodedURL:
         raise ConfigError(f"{key}: {text!r} must be an http:// or https:// URL with a host")
     if url.query or url.fragment:
         raise ConfigError(f"{key}: {text!r} must not have a query or fragment")
+    if any(url.userinfo):
+        # Never echo the URL: it holds a password.
+        raise ConfigError(
+            f"{key}: must not hold credentials; give username and password_file instead"
+        )
     # Registry APIs live at /v2/ below the URL's path; drop a trailing slash once here.
     return url.replace(path=tuple(s for s in url.path if s))
 
@@ -239,18 +268,19 @@ def _read_secret(path: str, key: str) -> str:
         raise ConfigError(f"{key}.password_file: cannot read {path}: {e.strerror}") from None
 
 
-def _upstream(table: Mapping[str, Any]) -> UpstreamSettings:
-    fields = {f.name: f for f in attrs.fields(UpstreamSettings)}
-    _check_keys(table, "upstream.", set(fields))
+def _numbers(kind: type[N], table: Mapping[str, Any], prefix: str) -> N:
+    """Settings whose every field is a positive number."""
+    fields = {f.name: f for f in attrs.fields(kind)}
+    _check_keys(table, prefix, set(fields))
     values: dict[str, Any] = {}
     for name, value in table.items():
-        kind = int if fields[name].type in (int, "int") else float
+        whole = fields[name].type in (int, "int")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise ConfigError(f"upstream.{name}: must be a positive number")
-        if kind is int and not isinstance(value, int):
-            raise ConfigError(f"upstream.{name}: must be a whole number")
-        values[name] = kind(value)
-    return UpstreamSettings(**values)
+            raise ConfigError(f"{prefix}{name}: must be a positive number")
+        if whole and not isinstance(value, int):
+            raise ConfigError(f"{prefix}{name}: must be a whole number")
+        values[name] = int(value) if whole else float(value)
+    return kind(**values)
 
 
 def _cache(table: Mapping[str, Any]) -> CacheSettings:
@@ -265,6 +295,8 @@ def _cache(table: Mapping[str, Any]) -> CacheSettings:
             value = _string(value, key)
         elif name in ("max_size", "detached_fill_max", "min_free"):
             value = parse_size(value, key)
+        elif name == "scrub_rate":
+            value = 0 if value == 0 else parse_size(value, key)
         elif isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise ConfigError(f"{key}: must be a number of seconds, 0 or more")
         values[name] = value

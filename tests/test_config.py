@@ -115,6 +115,9 @@ def test_password_file(tmp_path: Path) -> None:
             "upstream.max_connections_per_host: must be a whole",
         ),
         ({"server": {"ports": "tcp:1"}}, "server.ports: must be a list"),
+        ({"server": {"header_timeout": 0}}, "server.header_timeout: must be a positive number"),
+        ({"server": {"max_connections": 2.5}}, "server.max_connections: must be a whole"),
+        ({"cache": {"scrub_rate": "fast"}}, "cache.scrub_rate: 'fast' is not a size"),
         ({"cache": {"max_size": "lots"}}, "cache.max_size: 'lots' is not a size"),
         ({"cache": {"enabled": "yes"}}, "cache.enabled: must be true or false"),
         ({"cache": {"tag_ttl": -1}}, "cache.tag_ttl: must be a number of seconds"),
@@ -126,6 +129,26 @@ def test_errors_name_the_key(data: dict[str, object], message: str) -> None:
         build_config(data)
     assert message in str(error.value)
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"registries": {"x.io": {"url": "https://user:s3cret@x.io"}}},
+        {"routes": {"*": "https://user:s3cret@x.io"}},
+    ],
+)
+def test_credentials_in_a_url_are_refused_without_echoing_them(data: dict[str, object]) -> None:
+    with pytest.raises(ConfigError, match="must not hold credentials") as error:
+        build_config(data)
+    assert "s3cret" not in str(error.value)
+
+
+def test_server_limits() -> None:
+    config = build_config({"server": {"header_timeout": 5, "max_connections_per_client": 3}})
+    assert config.server.header_timeout == 5.0
+    assert config.server.max_connections_per_client == 3
+    assert build_config({"cache": {"scrub_rate": 0}}).cache.scrub_rate == 0
 
 
 def test_unreadable_and_invalid_toml(tmp_path: Path) -> None:
