@@ -6,6 +6,7 @@ validates and names the key at fault in a :class:`ConfigError`.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -51,6 +52,8 @@ class Registry:
     username: str | None = None
     password: str | None = attrs.field(default=None, repr=False)
     docker_hub: bool = False
+    # Non-public networks its token server and redirect targets may be on, besides its own host.
+    trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
     @property
     def credentials(self) -> tuple[str, str] | None:
@@ -211,7 +214,9 @@ def build_config(
 
 def _registry(name: str, table: Mapping[str, Any]) -> Registry:
     key = f"registries.{name}"
-    _check_keys(table, key + ".", {"url", "username", "password", "password_file"})
+    _check_keys(
+        table, key + ".", {"url", "username", "password", "password_file", "trusted_networks"}
+    )
     if table.get("url") is None:
         raise ConfigError(f"{key}.url: required for a registry that is not well known")
     url = _url(table["url"], f"{key}.url")
@@ -229,6 +234,10 @@ def _registry(name: str, table: Mapping[str, Any]) -> Registry:
         username=None if username is None else _string(username, f"{key}.username"),
         password=None if password is None else _string(password, f"{key}.password"),
         docker_hub=name == DOCKER_HUB or url.host in {"registry-1.docker.io", "index.docker.io"},
+        trusted_networks=tuple(
+            _network(v, f"{key}.trusted_networks")
+            for v in _list(table, "trusted_networks", f"{key}.trusted_networks")
+        ),
     )
 
 
@@ -259,6 +268,13 @@ def _url(value: object, key: str) -> DecodedURL:
         )
     # Registry APIs live at /v2/ below the URL's path; drop a trailing slash once here.
     return url.replace(path=tuple(s for s in url.path if s))
+
+
+def _network(value: object, key: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(_string(value, key), strict=False)
+    except ValueError:
+        raise ConfigError(f"{key}: {value!r} is not a network (e.g. 10.0.0.0/8)") from None
 
 
 def _read_secret(path: str, key: str) -> str:

@@ -19,7 +19,15 @@ from twisted.logger import ILogObserver, LogLevel, globalLogPublisher
 
 from tests.support.clients import client_env, require
 from tests.support.images import Image, build_images
-from tests.support.peers import Front, Mirror, Upstream, start_front, start_mirror, start_upstream
+from tests.support.peers import (
+    CDN_HOST,
+    Front,
+    Mirror,
+    Upstream,
+    start_front,
+    start_mirror,
+    start_upstream,
+)
 
 HERE = Path(__file__).parent
 BIG_LAYER = 256 * 1024 * 1024
@@ -136,6 +144,8 @@ url = "{upstream.url}"
 
 [registries."cdn.test"]
 url = "{front.url}"
+# Its "CDN" is on another loopback address, which only an operator may allow.
+trusted_networks = ["{CDN_HOST}/32"]
 
 [registries."private.test"]
 url = "{upstream.url}"

@@ -115,6 +115,10 @@ def test_password_file(tmp_path: Path) -> None:
             "upstream.max_connections_per_host: must be a whole",
         ),
         ({"server": {"ports": "tcp:1"}}, "server.ports: must be a list"),
+        (
+            {"registries": {"x.io": {"url": "https://x", "trusted_networks": ["10.0.0.0/33"]}}},
+            "registries.x.io.trusted_networks: '10.0.0.0/33' is not a network",
+        ),
         ({"server": {"header_timeout": 0}}, "server.header_timeout: must be a positive number"),
         ({"server": {"max_connections": 2.5}}, "server.max_connections: must be a whole"),
         ({"cache": {"scrub_rate": "fast"}}, "cache.scrub_rate: 'fast' is not a size"),

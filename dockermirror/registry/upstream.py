@@ -149,9 +149,14 @@ class UpstreamBlob:
         if response.code == 416:
             response.discard()
             raise RangeNotSatisfiable(size)
-        if response.code == 206 and content_range and content_range[1] is not None:
+        if response.code == 206:
+            byte_range = _answered_range(wanted, content_range, size)
+            if byte_range is None:
+                response.discard()
+                raise upstream_error(
+                    response.registry, 502, "a partial answer that is not the range asked for"
+                )
             info = BlobInfo(self.digest, size, _media_type(response))
-            byte_range = ByteRange(int(content_range[1]), int(content_range[2]))
             return BlobBody(info, byte_range, UpstreamStream(response, None))
         raise await failure_of(response, self._target.name, BLOB_UNKNOWN)
 
@@ -226,6 +231,20 @@ class UpstreamStream:
 
 def _media_type(response: UpstreamResponse) -> str:
     return response.header("content-type") or OCTET_STREAM
+
+
+def _answered_range(
+    wanted: RangeRequest | None, content_range: re.Match[str] | None, size: int | None
+) -> ByteRange | None:
+    """The range a 206 holds, if it is exactly the one asked for (else its bytes are not)."""
+    if wanted is None or content_range is None or content_range[1] is None or size is None:
+        return None
+    answered = ByteRange(int(content_range[1]), int(content_range[2]))
+    try:
+        expected = wanted.resolve(size)
+    except RangeNotSatisfiable:
+        return None
+    return answered if answered == expected else None
 
 
 def _range_header(wanted: RangeRequest) -> str:

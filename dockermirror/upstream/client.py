@@ -1,10 +1,16 @@
 """The client side: one :class:`UpstreamClient` per upstream registry.
 
-It owns the registry's connection pool, answers the registry's
-``WWW-Authenticate`` challenges (anonymously or with configured credentials),
-caches tokens per scope until they expire, follows blob redirects itself (so the
-registry's Authorization never reaches a CDN or S3), and turns transport
-failures into OCI errors (502 unreachable, 504 timeout).
+It answers the registry's ``WWW-Authenticate`` challenges (anonymously or with
+configured credentials), caches tokens per scope until they expire, follows
+redirects itself (credentials go only to the origin they are for: never to a
+CDN, S3 or anywhere a redirect points), and turns transport failures into OCI
+errors (502 unreachable, 504 timeout).
+
+It uses the Agent directly rather than treq's client, which always asks for
+gzip and inflates it (an upstream's 1 MiB gzip bomb became 900 MiB for a
+client) and keeps cookies across registries and redirect targets.  Bodies are
+asked for and accepted in ``identity`` encoding only: their digests are over
+the bytes as stored.
 """
 
 from __future__ import annotations
@@ -15,7 +21,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from urllib.parse import quote
 
 from hyperlink import EncodedURL
-from treq.client import HTTPClient
 from twisted.internet import error as netError
 from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IReactorTime
@@ -32,9 +37,11 @@ from dockermirror import __version__
 from dockermirror.coalesce import Coalescer
 from dockermirror.config import Registry, UpstreamSettings
 from dockermirror.errors import DENIED, RegistryError
+from dockermirror.upstream.addresses import GuardedResolver
 from dockermirror.upstream.body import BodyTooLarge
 from dockermirror.upstream.challenge import Challenge, parse_challenges
 from dockermirror.upstream.errors import upstream_error
+from dockermirror.upstream.heads import HeadTooLarge
 from dockermirror.upstream.response import UpstreamResponse
 
 log = Logger()
@@ -67,9 +74,12 @@ class UpstreamClient:
         agent: IAgent,
         clock: IReactorTime,
         settings: UpstreamSettings,
+        *,
+        resolver: GuardedResolver | None = None,
     ) -> None:
         self.registry = registry
-        self._http = HTTPClient(agent)
+        self._agent = agent
+        self._resolver = resolver
         self._clock = clock
         self._settings = settings
         self._challenge: Challenge | None = None
@@ -93,19 +103,22 @@ class UpstreamClient:
         for key, value in query:
             url = url.add(key, quote(value, safe=""))
         scope = f"repository:{name}:pull"
-        authorization = await self._authorization(scope, fresh=False)
+        known = self._challenge
+        authorization = None
+        if known is not None:
+            authorization = await self._authorization(known, scope, fresh=False)
         response = await self._send(method, url, headers or {}, authorization)
         if response.code != 401:
             return response
         challenge = _usable_challenge(response)
-        response.discard()
         if challenge is None:
             return response
-        # The registry challenged us: remember how it wants to be asked, and ask once more.
-        self._challenge = challenge
-        authorization = await self._authorization(scope, fresh=True)
+        response.discard()
+        authorization = await self._authorization(challenge, scope, fresh=True)
         if authorization is None:
             return response
+        # Remembered only once it worked: one unusable challenge fails one request, not all.
+        self._challenge = challenge
         response = await self._send(method, url, headers or {}, authorization)
         if response.code == 401 and challenge.scheme == "basic":
             self._credentials_refused()
@@ -125,10 +138,9 @@ class UpstreamClient:
             user=self.registry.username,
         )
 
-    async def _authorization(self, scope: str, *, fresh: bool) -> bytes | None:
-        challenge = self._challenge
-        if challenge is None:
-            return None
+    async def _authorization(
+        self, challenge: Challenge, scope: str, *, fresh: bool
+    ) -> bytes | None:
         if challenge.scheme == "basic":
             return _basic(self.registry.credentials)
         cached = self._tokens.get(scope)
@@ -153,14 +165,12 @@ class UpstreamClient:
             url = None
         if url is None or url.scheme not in ("http", "https") or not url.host:
             raise upstream_error(self.registry.name, 502, f"unusable token realm {realm!r}")
+        # The query is the mirror's to build: a realm's own could ask for other scopes.
+        url = url.replace(query=(), fragment="")
         if challenge.params.get("service"):
             url = url.add("service", quote(challenge.params["service"], safe=""))
         url = url.add("scope", quote(scope, safe=""))
-        headers: dict[bytes, Sequence[bytes]] = {}
-        basic = _basic(self.registry.credentials)
-        if basic is not None:
-            headers[b"authorization"] = [basic]
-        response = await self._send(b"GET", url, headers, None)
+        response = await self._send(b"GET", url, {}, _basic(self.registry.credentials))
         try:
             body = await response.collect(_MAX_TOKEN_BYTES)
         except BodyTooLarge:
@@ -193,12 +203,19 @@ class UpstreamClient:
     ) -> UpstreamResponse:
         """One request, following up to MAX_REDIRECTS redirects by hand.
 
-        Redirect targets (Docker Hub's CDN, S3) never get the registry's
-        Authorization: S3 rejects a request that carries one.
+        ``authorization`` goes only to the URL's origin (scheme, host and port):
+        never to a redirect target elsewhere (Docker Hub's CDN, S3, which rejects
+        a request that carries one, or a host that would keep it), never over
+        plain HTTP after HTTPS.
         """
-        for hop in range(MAX_REDIRECTS + 1):
-            sent: dict[bytes, Sequence[bytes]] = {b"user-agent": [USER_AGENT], **headers}
-            if authorization is not None and hop == 0:
+        origin = _origin(url)
+        for _ in range(MAX_REDIRECTS + 1):
+            sent: dict[bytes, Sequence[bytes]] = {
+                b"user-agent": [USER_AGENT],
+                b"accept-encoding": [b"identity"],
+                **headers,
+            }
+            if authorization is not None and _origin(url) == origin:
                 sent[b"authorization"] = [authorization]
             response = await self._once(method, url, sent)
             if response.code not in _REDIRECT_CODES:
@@ -221,12 +238,8 @@ class UpstreamClient:
         self, method: bytes, url: EncodedURL, headers: Mapping[bytes, Sequence[bytes]]
     ) -> UpstreamResponse:
         sent = self._clock.seconds()
-        d = self._http.request(
-            method.decode("ascii"),
-            url,
-            headers=Headers(dict(headers)),
-            allow_redirects=False,
-            unbuffered=True,
+        d = self._agent.request(
+            method, url.to_uri().to_text().encode("ascii"), Headers(dict(headers)), None
         )
         timed_out = False
 
@@ -245,6 +258,15 @@ class UpstreamClient:
                 ) from None
             if _cancelled(e):
                 raise CancelledError() from None  # the client went away; nobody to answer
+            refused = self._resolver.refused(url.host) if self._resolver is not None else None
+            if isinstance(e, netError.DNSLookupError) and refused is not None:
+                raise upstream_error(
+                    self.registry.name, 502, f"{url.host} is at {refused}, not a public address"
+                ) from None
+            if _failed_with(e, HeadTooLarge):
+                raise upstream_error(
+                    self.registry.name, 502, f"{url.host} sent too large a response head"
+                ) from None
             if isinstance(e, _TRANSPORT_ERRORS):
                 raise upstream_error(
                     self.registry.name, 502, f"{url.host}: {type(e).__name__}"
@@ -253,7 +275,7 @@ class UpstreamClient:
         finally:
             if timer.active():
                 timer.cancel()
-        return UpstreamResponse(
+        answer = UpstreamResponse(
             response,
             head=method == b"HEAD",
             registry=self.registry.name,
@@ -261,12 +283,24 @@ class UpstreamClient:
             settings=self._settings,
             sent=sent,
         )
+        encodings = [v.strip().lower() for v in answer.header_values("content-encoding")]
+        if any(encoding not in ("", "identity") for encoding in encodings):
+            answer.discard()
+            raise upstream_error(
+                self.registry.name, 502, f"{url.host} sent a {', '.join(encodings)} body"
+            )
+        return answer
 
 
 def _cancelled(error: Exception) -> bool:
     """Cancelling an Agent request fails it with a wrapper around CancelledError."""
+    return _failed_with(error, CancelledError)
+
+
+def _failed_with(error: Exception, kind: type[Exception]) -> bool:
+    """Whether ``error`` is ``kind`` or, as Agent wraps them, has it among its reasons."""
     reasons = getattr(error, "reasons", [])
-    return isinstance(error, CancelledError) or any(r.check(CancelledError) for r in reasons)
+    return isinstance(error, kind) or any(r.check(kind) for r in reasons)
 
 
 def _usable_challenge(response: UpstreamResponse) -> Challenge | None:
@@ -275,6 +309,10 @@ def _usable_challenge(response: UpstreamResponse) -> Challenge | None:
             if challenge.scheme in ("bearer", "basic"):
                 return challenge
     return None
+
+
+def _origin(url: EncodedURL) -> tuple[str, str, int | None]:
+    return (url.scheme, url.host.lower(), url.port)
 
 
 def _basic(credentials: tuple[str, str] | None) -> bytes | None:

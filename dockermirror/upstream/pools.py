@@ -9,7 +9,9 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from dockermirror.config import MirrorConfig
+from dockermirror.upstream.addresses import GuardedReactor, GuardedResolver
 from dockermirror.upstream.client import UpstreamClient
+from dockermirror.upstream.heads import BoundedConnectionPool
 
 
 class UpstreamPools(Service):
@@ -19,11 +21,20 @@ class UpstreamPools(Service):
         self.pools: dict[str, HTTPConnectionPool] = {}
         self.clients: dict[str, UpstreamClient] = {}
         for name, registry in config.registries.items():
-            pool = HTTPConnectionPool(reactor)
+            pool = BoundedConnectionPool(reactor)
             pool.maxPersistentPerHost = config.upstream.max_connections_per_host
-            agent = Agent(reactor, connectTimeout=config.upstream.connect_timeout, pool=pool)
+            resolver = GuardedResolver(
+                reactor.nameResolver, registry.url.host, registry.trusted_networks
+            )
+            agent = Agent(
+                GuardedReactor(reactor, resolver),
+                connectTimeout=config.upstream.connect_timeout,
+                pool=pool,
+            )
             self.pools[name] = pool
-            self.clients[name] = UpstreamClient(registry, agent, reactor, config.upstream)
+            self.clients[name] = UpstreamClient(
+                registry, agent, reactor, config.upstream, resolver=resolver
+            )
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()

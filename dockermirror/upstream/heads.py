@@ -1,0 +1,67 @@
+"""Bounds on a response's status line and headers, which Twisted's HTTP client does not have.
+
+Twisted's parser keeps every header line it is sent: an upstream that sends
+headers without end (or one header continued without end) grows the process
+until it dies, and the memory stays.  Past the bounds the connection is given
+up as an invalid response, which the client reports as a 502.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.web._newclient import HTTP11ClientProtocol
+from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
+from twisted.web.iweb import IResponse
+
+MAX_HEAD_BYTES = 64 * 1024
+MAX_HEAD_LINES = 100
+
+
+class HeadTooLarge(Exception):
+    """The upstream's status line and headers passed a bound."""
+
+
+class _CountedLines:
+    """Wraps a parser's ``lineReceived``; counts lines and bytes until the head ends."""
+
+    def __init__(self, line_received: Callable[[bytes], object]) -> None:
+        self._line_received = line_received
+        self._lines = 0
+        self._bytes = 0
+
+    def __call__(self, line: bytes) -> object:
+        # The parser switches to raw mode after the head, so only head lines come here
+        # (a 100 Continue's head and the final one, which together share the bounds).
+        self._lines += bool(line.strip())  # the empty line that ends a head is free
+        self._bytes += len(line) + 2
+        # The status line is not a header.
+        if self._lines > MAX_HEAD_LINES + 1 or self._bytes > MAX_HEAD_BYTES:
+            raise HeadTooLarge(f"over {MAX_HEAD_LINES} header lines or {MAX_HEAD_BYTES} bytes")
+        return self._line_received(line)
+
+
+class BoundedClientProtocol(HTTP11ClientProtocol):
+    def request(self, request: Any) -> Deferred[IResponse]:
+        result = super().request(request)
+        # Twisted makes one parser per response and has no hook for it; an exception from
+        # the parser is how it treats any invalid response (the response fails, the
+        # connection is dropped).
+        parser = getattr(self, "_parser", None)
+        if parser is not None:
+            parser.lineReceived = _CountedLines(parser.lineReceived)
+        return result
+
+
+class _BoundedFactory(_HTTP11ClientFactory):
+    def buildProtocol(self, addr: object) -> HTTP11ClientProtocol:
+        return BoundedClientProtocol(self._quiescentCallback)
+
+
+class BoundedConnectionPool(HTTPConnectionPool):
+    """A connection pool whose connections bound every response head."""
+
+    # The pool's documented-as-private factory attribute is its only protocol hook.
+    _factory = _BoundedFactory
