@@ -32,7 +32,14 @@ from dockermirror.registry.model import Registry
 from dockermirror.routing import route_request
 from dockermirror.web.errors import render_error
 from dockermirror.web.homepage import choose_language, render_homepage
-from dockermirror.web.requests import header, header_values, host, query_value, query_values
+from dockermirror.web.requests import (
+    header,
+    header_values,
+    host,
+    query_value,
+    query_values,
+    valid_host,
+)
 from dockermirror.web.responses import render_blob, render_manifest, render_referrers, render_tags
 from dockermirror.web.site import MirrorRequest
 
@@ -44,6 +51,8 @@ _API_VERSION = (b"docker-distribution-api-version", [b"registry/2.0"])
 
 class MirrorApp:
     app = Klein()
+    # werkzeug answers "//" in a path with a redirect that Klein turns into a 500.
+    app.url_map.merge_slashes = False
 
     def __init__(self, config: MirrorConfig, registry: Registry, issuer: TokenIssuer) -> None:
         self._config = config
@@ -51,7 +60,7 @@ class MirrorApp:
         self._issuer = issuer
 
     def resource(self) -> IResource:
-        return _Utf8Only(self.app.resource())
+        return _Checked(self.app.resource())
 
     @app.route("/", methods=["GET", "HEAD"])
     def home(self, request: MirrorRequest) -> bytes:
@@ -166,11 +175,12 @@ class MirrorApp:
         return render_error(request, RegistryError(UNKNOWN))
 
 
-class _Utf8Only(Resource):
-    """Refuses a path or host that is not UTF-8 with an OCI error.
+class _Checked(Resource):
+    """Refuses a path that is not UTF-8, or a Host header that is no host, with an OCI error.
 
-    Klein would answer it with an HTML body and log a traceback for each one,
-    which lets any client fill the log.
+    Klein would answer a non-UTF-8 path with an HTML body and log a traceback for
+    each one, which lets any client fill the log; a Host header is used in
+    routes, links and the token realm, so it must be a host before anything reads it.
     """
 
     isLeaf = True
@@ -182,9 +192,17 @@ class _Utf8Only(Resource):
     def render(self, request: IRequest) -> bytes | int:
         try:
             unquote_to_bytes(request.path).decode("utf-8")
-            request.getRequestHostname().decode("utf-8")
         except UnicodeDecodeError:
-            error = RegistryError(NAME_INVALID, message="the path or host is not UTF-8")
+            error = RegistryError(NAME_INVALID, message="the path is not UTF-8")
+            return render_error(request, error)
+        client_host = host(request)
+        if client_host and not valid_host(client_host):
+            error = RegistryError(
+                UNSUPPORTED,
+                {"host": client_host[:100]},
+                status=400,
+                message="the Host header is not a host name or address with an optional port",
+            )
             return render_error(request, error)
         rendered: bytes | int = self._app.render(request)
         return rendered

@@ -5,7 +5,15 @@ Bad bytes in a header or query must give an answer, never a 500.
 
 from __future__ import annotations
 
+import ipaddress
+import re
+
 from twisted.web.iweb import IRequest
+
+_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_HOST = re.compile(
+    rf"(?:(?P<name>{_LABEL}(?:\.{_LABEL})*\.?)|\[(?P<ipv6>[0-9A-Fa-f:.]+)\])(?::\d{{1,5}})?\Z"
+)
 
 
 def header(request: IRequest, name: bytes) -> str | None:
@@ -18,7 +26,25 @@ def header_values(request: IRequest, name: bytes) -> list[str]:
 
 
 def host(request: IRequest) -> str:
+    """The Host header, which :func:`valid_host` has let in (or "" when there is none)."""
     return header(request, b"host") or ""
+
+
+def valid_host(value: str) -> bool:
+    """A host name, IPv4 or bracketed IPv6 address, with an optional port.
+
+    The Host header ends up in routes, links, the token realm and the usage page:
+    nothing else may pass as one.
+    """
+    match = _HOST.match(value)
+    if match is None or len(value) > 260:
+        return False
+    if match["ipv6"] is not None:
+        try:
+            ipaddress.IPv6Address(match["ipv6"])
+        except ValueError:
+            return False
+    return True
 
 
 def base_url(request: IRequest) -> str:
