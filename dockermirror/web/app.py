@@ -199,7 +199,6 @@ class _Checked(Resource):
         if client_host and not valid_host(client_host):
             error = RegistryError(
                 UNSUPPORTED,
-                {"host": client_host[:100]},
                 status=400,
                 message="the Host header is not a host name or address with an optional port",
             )
