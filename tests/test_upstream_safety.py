@@ -329,3 +329,20 @@ def test_a_head_within_the_bounds_is_a_response() -> None:
     result = send(BoundedClientProtocol(), head)
     assert result is not None and not isinstance(result, Failure)
     assert result.code == 200
+
+
+@pytest.mark.parametrize("location", ["http://[::1]:8080/data/blob", "/data/blob"])
+def test_redirects_to_ipv6_hosts_are_followed(location: str) -> None:
+    registry = FakeRegistry()
+
+    def moved(request: Request) -> bytes:
+        request.setResponseCode(307)
+        request.setHeader(b"location", location.encode())
+        return b""
+
+    registry.handlers[f"/v2/library/redis/blobs/{BLOB_DIGEST}"] = moved
+    registry.handlers["/data/blob"] = lambda request: BLOB
+    harness = Harness(registry)
+    response = harness.request("GET", f"/v2/redis/blobs/{BLOB_DIGEST}")
+    assert response.code == 200
+    assert harness.body(response) == BLOB

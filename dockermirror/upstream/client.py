@@ -224,6 +224,7 @@ class UpstreamClient:
             response.discard()
             try:
                 url = url.click(EncodedURL.from_text(location))
+                _request_uri(url)
             except ValueError:
                 raise upstream_error(
                     self.registry.name, 502, "redirect to an invalid location"
@@ -238,9 +239,7 @@ class UpstreamClient:
         self, method: bytes, url: EncodedURL, headers: Mapping[bytes, Sequence[bytes]]
     ) -> UpstreamResponse:
         sent = self._clock.seconds()
-        d = self._agent.request(
-            method, url.to_uri().to_text().encode("ascii"), Headers(dict(headers)), None
-        )
+        d = self._agent.request(method, _request_uri(url), Headers(dict(headers)), None)
         timed_out = False
 
         def give_up() -> None:
@@ -309,6 +308,12 @@ def _usable_challenge(response: UpstreamResponse) -> Challenge | None:
             if challenge.scheme in ("bearer", "basic"):
                 return challenge
     return None
+
+
+def _request_uri(url: EncodedURL) -> bytes:
+    text = url.to_text()
+    # Only a URL with non-ASCII parts needs IDNA and escaping (which IPv6 hosts fail).
+    return (text if text.isascii() else url.to_uri().to_text()).encode("ascii")
 
 
 def _origin(url: EncodedURL) -> tuple[str, str, int | None]:

@@ -1,5 +1,7 @@
 """Bounds on a response's status line and headers, which Twisted's HTTP client does not have.
 
+Also: a connection whose response ran past its end is not reused.
+
 Twisted's parser keeps every header line it is sent: an upstream that sends
 headers without end (or one header continued without end) grows the process
 until it dies, and the memory stays.  Past the bounds the connection is given
@@ -54,8 +56,17 @@ class BoundedClientProtocol(HTTP11ClientProtocol):
             parser.lineReceived = _CountedLines(parser.lineReceived)
         return result
 
+    def _finishResponse_WAITING(self, rest: bytes) -> None:
+        # Twisted ignores bytes past the end of a response and pools the connection; the
+        # next request would read them as its answer.  Such a connection is not reused.
+        if rest and self._currentRequest is not None:
+            self._currentRequest.persistent = False
+        super()._finishResponse_WAITING(rest)
+
 
 class _BoundedFactory(_HTTP11ClientFactory):
+    noisy = False  # a "Starting factory" line for every upstream connection says nothing
+
     def buildProtocol(self, addr: object) -> HTTP11ClientProtocol:
         return BoundedClientProtocol(self._quiescentCallback)
 

@@ -8,9 +8,15 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from dockermirror.errors import UNAVAILABLE, RegistryError
 from dockermirror.registry.model import ByteStream
+from dockermirror.registry.streams import ConsumerStalled
+from dockermirror.web.errors import render_error
 
 log = Logger()
+
+# Headers that describe the blob, set before its first byte: wrong on an error.
+_CONTENT_HEADERS = (b"docker-content-digest", b"etag", b"accept-ranges", b"content-range")
 
 
 class StreamResource(Resource):
@@ -19,7 +25,8 @@ class StreamResource(Resource):
     The response ends cleanly only when the stream does; a failed stream (the
     upstream died, a digest did not match, a client stopped reading) aborts the
     connection, so a client can never take a truncated or corrupt blob for a
-    complete one.  A client that leaves stops the stream.
+    complete one; if no byte was sent yet, the client gets the error itself.
+    A client that leaves stops the stream.
     """
 
     isLeaf = True
@@ -37,11 +44,28 @@ class StreamResource(Resource):
     def _failed(self, failure: Failure, request: Request) -> None:
         if failure.check(CancelledError):
             return  # the client went away: nobody to tell
+        answer = not request.startedWriting
         log.warn(
-            "aborting response to {client} for {path}: {problem}",
+            "{action} to {client} for {path}: {problem}",
+            action="answering with an error" if answer else "aborting response",
             client=getattr(request.getClientAddress(), "host", "-"),
             path=request.path.decode("utf-8", "replace"),
             problem=failure.getErrorMessage(),
         )
-        if request.channel is not None:
+        if answer:
+            error = failure.value
+            if not isinstance(error, RegistryError):
+                # Nothing sent and nothing moving: the download it waits for has stalled.
+                stalled = failure.check(ConsumerStalled) is not None
+                error = RegistryError(
+                    UNAVAILABLE,
+                    {"problem": failure.getErrorMessage()},
+                    status=504 if stalled else 502,
+                    message="the blob could not be fetched",
+                )
+            for name in _CONTENT_HEADERS:
+                request.responseHeaders.removeHeader(name)
+            request.write(render_error(request, error))
+            request.finish()
+        elif request.channel is not None:
             request.channel.forceAbortClient()
