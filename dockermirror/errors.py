@@ -31,6 +31,9 @@ RANGE_INVALID = ErrorCode("RANGE_INVALID", 416, "invalid content range")
 UNAUTHORIZED = ErrorCode("UNAUTHORIZED", 401, "authentication required")
 DENIED = ErrorCode("DENIED", 403, "requested access to the resource is denied")
 UNSUPPORTED = ErrorCode("UNSUPPORTED", 405, "the operation is unsupported")
+# The mirror's own, for requests over its limits (413; 414 and 431 by status); no upstream
+# speaks it, so it is not in CODES.
+REQUEST_TOO_LARGE = ErrorCode("REQUEST_TOO_LARGE", 413, "request too large")
 TOOMANYREQUESTS = ErrorCode("TOOMANYREQUESTS", 429, "too many requests")
 UNAVAILABLE = ErrorCode("UNAVAILABLE", 503, "service unavailable")
 UNKNOWN = ErrorCode("UNKNOWN", 500, "unknown error")

@@ -27,7 +27,6 @@ from dockermirror.web.site import MirrorSite
 
 log = Logger()
 
-IDLE_CLIENT_TIMEOUT = 5 * 60
 # Access times reach the index this often; eviction and the stats log run on the slower beat.
 FLUSH_INTERVAL = 10.0
 HOUSEKEEPING_INTERVAL = 60.0
@@ -147,5 +146,6 @@ class Announcement(Service):
 
 def build_site(config: MirrorConfig, reactor: Any, registry: Registry) -> MirrorSite:
     app = MirrorApp(config, registry, TokenIssuer(reactor))
-    # Twisted keeps idle client connections for 12 hours by default; a public mirror should not.
-    return MirrorSite(app.resource(), timeout=IDLE_CLIENT_TIMEOUT, reactor=reactor)
+    # The client limits (deadlines, connection caps) are the server settings'; the caller
+    # fits max_connections under the open-file limit.
+    return MirrorSite(app.resource(), reactor=reactor, settings=config.server)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import serverFromString
@@ -12,9 +13,16 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.server import Site
 
-from dockermirror.config import ConfigError, build_config, load_toml, parse_assignment
+from dockermirror.config import (
+    ConfigError,
+    MirrorConfig,
+    build_config,
+    load_toml,
+    parse_assignment,
+)
 from dockermirror.service import Announcement, build_registry, build_site
 from dockermirror.upstream.pools import UpstreamPools
+from dockermirror.web import descriptors
 
 log = Logger()
 
@@ -114,10 +122,30 @@ def _cache_overrides(options: Options) -> dict[str, object]:
     return overrides
 
 
+def _fit_connections(config: MirrorConfig) -> MirrorConfig:
+    """Raise the open-file limit where allowed and fit the client-connection cap under it.
+
+    While the service is built, as the site takes the cap: twistd builds it before it
+    drops root privileges, and the daemon keeps the raised limit.
+    """
+    soft_limit = descriptors.raise_limit()
+    server = config.server
+    cap = descriptors.connections_that_fit(server.max_connections, soft_limit)
+    log.info(
+        "client connections: at most {cap} in all (configured {configured}, open-file"
+        " limit {limit}), {per_client} per client address",
+        cap=cap,
+        configured=server.max_connections,
+        limit=soft_limit,
+        per_client=server.max_connections_per_client,
+    )
+    return attrs.evolve(config, server=attrs.evolve(server, max_connections=cap))
+
+
 def makeService(options: Options, reactor: Any = None) -> MultiService:
     if reactor is None:
         from twisted.internet import reactor
-    config = options["mirror"]
+    config = _fit_connections(options["mirror"])
     top = MultiService()
     Announcement(config).setServiceParent(top)
     pools = UpstreamPools(config, reactor)

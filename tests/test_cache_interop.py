@@ -161,7 +161,7 @@ def test_corrupt_upstream_never_reaches_the_cache(
 ) -> None:
     front = start_front(tmp_path, upstream, "corrupt")
     try:
-        mirror = new_mirror(registry_config("corrupt.test", front.url))
+        mirror = new_mirror(registry_config("corrupt.test", front.url, via_cdn=True))
         for attempt in range(2):  # the second finds nothing cached, and fails again
             assert copy_fails(containers_env, mirror, tmp_path / f"try{attempt}")
     finally:
@@ -184,7 +184,7 @@ def test_sigkill_during_a_fill_leaves_nothing_behind(
 ) -> None:
     front = start_front(tmp_path, upstream, "slow")  # 64 MB/s: the fill takes seconds
     try:
-        config = registry_config("slow.test", front.url)
+        config = registry_config("slow.test", front.url, via_cdn=True)
         first = new_mirror(config)
         digest, size = big_layer(upstream)
         path = f"/v2/slow.test/library/big/blobs/{digest}"

@@ -180,8 +180,7 @@ def test_any_query(
     answered(harness, errors, "GET", f"{path}?{query}", headers={"Accept": ["application/x-m"]})
 
 
-# Header values without control characters: the channel refuses those before the app.
-header_text = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=255), max_size=30)
+header_text = st.text(alphabet=st.characters(max_codepoint=255), max_size=30)
 number = st.one_of(st.integers(min_value=0, max_value=2**70).map(str), header_text)
 range_text = st.one_of(
     st.builds(lambda a, b: f"bytes={a}-{b}", number, number),
@@ -198,7 +197,8 @@ def test_any_range(
 ) -> None:
     url = f"/v2/redis/blobs/{BLOB_DIGEST}"
     response = answered(harness, errors, method, url, headers={"Range": [value]})
-    assert response.code in (200, 206, 416)
+    # 400: a control character, which the channel refuses as a malformed request.
+    assert response.code in (200, 206, 416, 400)
 
 
 @pytest.mark.parametrize(

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from http import HTTPStatus
+
 from twisted.web.iweb import IRequest
 
 from dockermirror.auth.tokens import SERVICE
 from dockermirror.errors import UNAUTHORIZED, RegistryError
 from dockermirror.web.requests import base_url
+
+# The mirror is read-only: these are all it ever allows (the Allow header of every 405).
+_ALLOW = b"GET, HEAD"
 
 
 def render_error(request: IRequest, error: RegistryError) -> bytes:
@@ -16,11 +21,30 @@ def render_error(request: IRequest, error: RegistryError) -> bytes:
     request.responseHeaders.removeHeader(b"content-length")
     if error.code is UNAUTHORIZED:
         # Every challenge points at the mirror's own token endpoint, never at an upstream's.
-        challenge = f'Bearer realm="{base_url(request)}/v2/auth",service="{SERVICE}"'
+        challenge = (
+            f"Bearer realm={_quoted(base_url(request) + '/v2/auth')},service={_quoted(SERVICE)}"
+        )
         request.responseHeaders.setRawHeaders(b"www-authenticate", [challenge.encode()])
     if error.status == 405:
-        # The mirror is read-only: these are all it ever allows.
-        request.responseHeaders.setRawHeaders(b"allow", [b"GET, HEAD"])
+        request.responseHeaders.setRawHeaders(b"allow", [_ALLOW])
     if error.retry_after is not None:
         request.responseHeaders.setRawHeaders(b"retry-after", [error.retry_after.encode()])
     return error.body()
+
+
+def render_closing_response(error: RegistryError) -> bytes:
+    """``error`` as a whole HTTP/1.1 response after which the connection closes.
+
+    For the channel, which refuses some requests before a Request exists to render on.
+    """
+    body = error.body()
+    headers = [b"content-type: application/json", b"content-length: %d" % len(body)]
+    if error.status == 405:
+        headers.append(b"allow: " + _ALLOW)
+    status = b"HTTP/1.1 %d %s" % (error.status, HTTPStatus(error.status).phrase.encode())
+    return b"\r\n".join([status, *headers, b"connection: close", b"", body])
+
+
+def _quoted(value: str) -> str:
+    """An RFC 9110 quoted-string: the Host header went into it."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'

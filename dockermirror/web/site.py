@@ -1,19 +1,23 @@
-"""The Site: a typed request, one access-log event per request, quick answers to TLS probes."""
+"""The Site: a typed request, one access-log event per request, caps on client connections."""
 
 from __future__ import annotations
 
+from io import BytesIO
+
+from twisted.internet.interfaces import IAddress, IReactorTime
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
-from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
-log = Logger(namespace="dockermirror.access")
+from dockermirror.config import ServerSettings
+from dockermirror.web.channel import MirrorChannel
+from dockermirror.web.connections import ConnectionCaps, RefusedConnection, client_of
 
-_TLS_ON_PLAIN_PORT = (
-    b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTPS request to an HTTP server.\n"
-)
+log = Logger(namespace="dockermirror.access")
+_DEFAULTS = ServerSettings()
 
 
 class MirrorRequest(Request):
@@ -26,25 +30,10 @@ class MirrorRequest(Request):
     # How the cache answered (HIT, MISS, ...).
     cache: str | None = None
 
-
-class PlainHTTPChannel(HTTPChannel):
-    """An HTTP channel that answers a TLS handshake at once instead of waiting for a line.
-
-    Docker, skopeo and containerd try HTTPS first on an "insecure" registry; a
-    plain-HTTP port that waits for a request line makes each of them stall for
-    Go's 10 s TLS handshake timeout before falling back to HTTP.
-    """
-
-    _first = True
-
-    def dataReceived(self, data: bytes) -> None:
-        if self._first and data[:1] == b"\x16" and self.transport is not None:
-            # A TLS handshake record: no HTTP request line starts with this byte.
-            self.transport.write(_TLS_ON_PLAIN_PORT)
-            self.transport.loseConnection()
-            return
-        self._first = False
-        super().dataReceived(data)
+    def gotLength(self, length: int | None) -> None:
+        # In memory whatever the length: the channel refuses a body over a few KiB before
+        # reading it, where Twisted would spool a long or chunked one to a temporary file.
+        self.content = BytesIO()
 
 
 class MirrorSite(Site):
@@ -57,9 +46,35 @@ class MirrorSite(Site):
 
     noisy = False
     requestFactory = MirrorRequest
-    # HTTP/1.1 only: HTTP/2 needs TLS with ALPN and the h2 package, neither of which a mirror
-    # port needs; the plain channel is what Twisted's generic protocol wraps anyway.
-    protocol = PlainHTTPChannel  # type: ignore[assignment]  # the stubs name the generic wrapper
+
+    def __init__(
+        self,
+        resource: IResource,
+        *,
+        reactor: IReactorTime,
+        settings: ServerSettings = _DEFAULTS,
+    ) -> None:
+        super().__init__(resource, reactor=reactor)
+        self.settings = settings
+        self.connections = ConnectionCaps(
+            reactor, settings.max_connections, settings.max_connections_per_client
+        )
+
+    # The stubs promise Twisted's wrapper that can switch to HTTP/2: HTTP/2 needs TLS with
+    # ALPN and the h2 package, neither of which a mirror port needs.
+    def buildProtocol(self, addr: IAddress | None) -> Protocol:  # type: ignore[override]
+        client = client_of(addr)
+        if not self.connections.admit(client):
+            return RefusedConnection()
+        # Built here, not by Twisted's factory: the channel keeps its own time, so Twisted's
+        # idle timeout, which every byte resets, is never set.
+        channel = MirrorChannel(
+            self.reactor, self.settings, lambda: self.connections.release(client)
+        )
+        channel.factory = self
+        channel.site = self
+        channel.requestFactory = self.requestFactory
+        return channel
 
     def getResourceFor(self, request: Request) -> IResource:
         started = self.reactor.seconds()

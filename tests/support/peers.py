@@ -157,17 +157,29 @@ class Mirror:
         self.peer.stop()
 
 
-def registry_config(name: str, url: str, extra: str = "") -> str:
-    """A mirror configuration defining one registry, then ``extra`` TOML."""
-    return f'[registries."{name}"]\nurl = "{url}"\n\n{extra}'
+def registry_config(name: str, url: str, extra: str = "", *, via_cdn: bool = False) -> str:
+    """A mirror configuration defining one registry, then ``extra`` TOML.
+
+    ``via_cdn``: the registry is a front whose blobs come from the CDN host, a
+    private address that only a trusted network makes reachable.
+    """
+    trusted = f'trusted_networks = ["{CDN_HOST}/32"]\n' if via_cdn else ""
+    return f'[registries."{name}"]\nurl = "{url}"\n{trusted}\n{extra}'
 
 
-def start_mirror(root: Path, twistd: str, config: str, cache: Path | None = None) -> Mirror:
-    """``twistd -n dockermirror`` with ``config`` (TOML without [server] and [cache] dir)."""
+def start_mirror(
+    root: Path, twistd: str, config: str, cache: Path | None = None, server: str = ""
+) -> Mirror:
+    """``twistd -n dockermirror`` with ``config`` (TOML without [server] and [cache] dir).
+
+    ``server``: more ``[server]`` keys, as TOML lines.
+    """
     port = free_port()
     cache = cache or root / "cache"
     path = root / f"dockermirror-{port}.toml"
-    path.write_text(f'[server]\nports = ["tcp:{port}:interface=127.0.0.1"]\n\n{config}\n')
+    path.write_text(
+        f'[server]\nports = ["tcp:{port}:interface=127.0.0.1"]\n{server}\n\n{config}\n'
+    )
     peer = Peer(
         "mirror",
         [
