@@ -174,11 +174,11 @@ def build_config(
     cache: Mapping[str, Any] | None = None,
 ) -> MirrorConfig:
     """Validate a parsed TOML document; command-line values override it."""
-    _check_keys(data, "", {"server", "routes", "registries", "upstream", "cache"})
-    server = _table(data, "server")
-    _check_keys(server, "server.", {"ports", *(f.name for f in attrs.fields(ServerSettings))})
+    check_keys(data, "", {"server", "routes", "registries", "upstream", "cache"})
+    server = subtable(data, "server")
+    check_keys(server, "server.", {"ports", *(f.name for f in attrs.fields(ServerSettings))})
 
-    registry_tables = dict(_table(data, "registries"))
+    registry_tables = dict(subtable(data, "registries"))
     for name, url in registries:
         registry_tables[name] = {**registry_tables.get(name, {}), "url": url}
     known = {name: _registry(name, {"url": url}) for name, url in WELL_KNOWN.items()}
@@ -189,7 +189,7 @@ def build_config(
 
     route_table: dict[str, str] = {
         _host_key(k, f"routes.{k}"): _string(v, f"routes.{k}")
-        for k, v in _table(data, "routes").items()
+        for k, v in subtable(data, "routes").items()
     }
     route_table.update((_host_key(k, f"--route {k}"), v) for k, v in routes)
     if not route_table:
@@ -204,17 +204,17 @@ def build_config(
         ports=chosen_ports or (DEFAULT_PORT,),
         routes=route_table,
         registries=known,
-        upstream=_numbers(UpstreamSettings, _table(data, "upstream"), "upstream."),
+        upstream=_numbers(UpstreamSettings, subtable(data, "upstream"), "upstream."),
         server=_numbers(
             ServerSettings, {k: v for k, v in server.items() if k != "ports"}, "server."
         ),
-        cache=_cache({**_table(data, "cache"), **(cache or {})}),
+        cache=_cache({**subtable(data, "cache"), **(cache or {})}),
     )
 
 
 def _registry(name: str, table: Mapping[str, Any]) -> Registry:
     key = f"registries.{name}"
-    _check_keys(
+    check_keys(
         table, key + ".", {"url", "username", "password", "password_file", "trusted_networks"}
     )
     if table.get("url") is None:
@@ -235,7 +235,7 @@ def _registry(name: str, table: Mapping[str, Any]) -> Registry:
         password=None if password is None else _string(password, f"{key}.password"),
         docker_hub=name == DOCKER_HUB or url.host in {"registry-1.docker.io", "index.docker.io"},
         trusted_networks=tuple(
-            _network(v, f"{key}.trusted_networks")
+            network(v, f"{key}.trusted_networks")
             for v in _list(table, "trusted_networks", f"{key}.trusted_networks")
         ),
     )
@@ -270,7 +270,7 @@ def _url(value: object, key: str) -> DecodedURL:
     return url.replace(path=tuple(s for s in url.path if s))
 
 
-def _network(value: object, key: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+def network(value: object, key: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     try:
         return ipaddress.ip_network(_string(value, key), strict=False)
     except ValueError:
@@ -287,7 +287,7 @@ def _read_secret(path: str, key: str) -> str:
 def _numbers(kind: type[N], table: Mapping[str, Any], prefix: str) -> N:
     """Settings whose every field is a positive number."""
     fields = {f.name: f for f in attrs.fields(kind)}
-    _check_keys(table, prefix, set(fields))
+    check_keys(table, prefix, set(fields))
     values: dict[str, Any] = {}
     for name, value in table.items():
         whole = fields[name].type in (int, "int")
@@ -300,7 +300,7 @@ def _numbers(kind: type[N], table: Mapping[str, Any], prefix: str) -> N:
 
 
 def _cache(table: Mapping[str, Any]) -> CacheSettings:
-    _check_keys(table, "cache.", {f.name for f in attrs.fields(CacheSettings)})
+    check_keys(table, "cache.", {f.name for f in attrs.fields(CacheSettings)})
     values: dict[str, Any] = {"dir": default_cache_dir()}
     for name, value in table.items():
         key = f"cache.{name}"
@@ -335,17 +335,22 @@ def strip_port(host: str) -> str:
     return host
 
 
-def _check_keys(table: Mapping[str, Any], prefix: str, allowed: set[str]) -> None:
+def check_keys(table: Mapping[str, Any], prefix: str, allowed: set[str]) -> None:
     for key in table:
         if key not in allowed:
             raise ConfigError(f"{prefix}{key}: unknown key (expected one of {sorted(allowed)})")
 
 
-def _table(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+def subtable(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     value = data.get(key, {})
     if not isinstance(value, Mapping):
         raise ConfigError(f"{key}: must be a table")
     return value
+
+
+def string_list(data: Mapping[str, Any], key: str, prefix: str) -> list[str]:
+    """``data[key]``, a list of non-empty strings (empty when absent)."""
+    return [_string(v, prefix + key) for v in _list(data, key, prefix + key)]
 
 
 def _list(data: Mapping[str, Any], key: str, name: str) -> list[Any]:
