@@ -20,6 +20,7 @@ from dockermirror.registry.caching import CachingRegistry
 from dockermirror.registry.model import Registry
 from dockermirror.registry.upstream import UpstreamRegistry
 from dockermirror.storage.filesystem import FilesystemStorage
+from dockermirror.storage.scrub import Scrub
 from dockermirror.storage.workers import ThreadWorker, Worker
 from dockermirror.upstream.client import UpstreamClient
 from dockermirror.web.app import MirrorApp
@@ -38,12 +39,20 @@ class CacheService(Service):
     Requests that come while the storage opens (the index is checked against the
     files) wait for it.  A storage that cannot be opened is logged, the mirror
     streams everything through (a broken disk must not stop pulls), and the
-    storage is tried again a minute later.
+    storage is tried again a minute later.  Once it is open, the scrub (if any)
+    starts re-hashing what it holds.
     """
 
-    def __init__(self, storage: FilesystemStorage, cache: CachingRegistry, reactor: Any) -> None:
+    def __init__(
+        self,
+        storage: FilesystemStorage,
+        cache: CachingRegistry,
+        reactor: Any,
+        scrub: Scrub | None = None,
+    ) -> None:
         self._storage = storage
         self._reactor = reactor
+        self._scrub = scrub
         self._retry: IDelayedCall | None = None
         self._loops = [
             (LoopingCall(_surviving, "flush", storage.flush), FLUSH_INTERVAL),
@@ -65,6 +74,8 @@ class CacheService(Service):
         if self.running:
             for loop, interval in self._loops:
                 loop.start(interval, now=False)
+            if self._scrub is not None:
+                self._scrub.start()
 
     def _not_opened(self, failure: Failure) -> None:
         log.error(
@@ -84,6 +95,8 @@ class CacheService(Service):
         for loop, _ in self._loops:
             if loop.running:
                 loop.stop()
+        if self._scrub is not None:
+            self._scrub.stop()
         return self._storage.close()
 
 
@@ -120,7 +133,12 @@ def build_registry(
         writes=make_worker("dockermirror-index-writes"),
     )
     cache = CachingRegistry(upstream, storage, reactor, settings, config.upstream.idle_timeout)
-    return cache, CacheService(storage, cache, reactor)
+    scrub = (
+        Scrub(storage, reactor, settings.scrub_rate, make_worker("dockermirror-scrub"))
+        if settings.scrub_rate
+        else None
+    )
+    return cache, CacheService(storage, cache, reactor, scrub)
 
 
 class Announcement(Service):

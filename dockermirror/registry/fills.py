@@ -11,14 +11,22 @@ Nothing unverified looks complete: readers get a blob's last byte only once
 the upstream stream has checked the digest, and are aborted if it fails.
 Storing (the rename and the index row) happens after that and makes no client
 wait.
+
+When storage fails mid-download (the disk filled), the clients go on streaming
+from the upstream, as an uncached pull would: the partial file is dropped (the
+readers' open files keep what they still need of it), and the rest of the
+download is held in memory until the slowest reader has it, the upstream
+paused while more than ``THROUGH_BUFFER`` bytes wait.  Clients that come later
+fetch the blob themselves.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
+from typing import cast
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IConsumer, IProducer, IReactorTime
+from twisted.internet.interfaces import IConsumer, IProducer, IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -33,6 +41,8 @@ log = Logger()
 # least this often, so that a reader's no-progress timer sees the progress.
 NOTIFY_EVERY = 512 * 1024
 NOTIFY_SECONDS = 1.0
+# Streaming through after a storage failure: the upstream pauses while this much waits in memory.
+THROUGH_BUFFER = 1024 * 1024
 
 
 class FillFailed(Exception):
@@ -65,10 +75,18 @@ class Fill:
         self._clock = clock
         self._announced = 0
         self._announced_at = clock.seconds()
-        self._readers = 0
+        # Each reader's position: after a storage failure, memory is freed up to the lowest.
+        self._readers: dict[Hashable, int] = {}
         self._listeners: list[Callable[[], None]] = []
-        self._ended: list[Callable[[Fill], None]] = []
+        self._ended: list[Callable[[Fill], None]] | None = []
         self._transfer: Deferred[None] | None = None
+        self._producer: IPushProducer | None = None
+        self._paused = False
+        # Streaming through: the bytes on disk (readable by readers who opened the file), then
+        # those held in memory, from offset _held_from on.
+        self.on_disk: int | None = None
+        self._held = bytearray()
+        self._held_from = 0
 
     def start(self, stream: ByteStream) -> None:
         self._transfer = stream.deliver(self)
@@ -82,7 +100,7 @@ class Fill:
 
     @property
     def announced(self) -> int:
-        """Bytes in storage that readers have been told of."""
+        """Bytes received (in storage, or held when streaming through) readers were told of."""
         return self._announced
 
     def listen(self, callback: Callable[[], None]) -> None:
@@ -94,35 +112,59 @@ class Fill:
             self._listeners.remove(callback)
 
     def when_ended(self, callback: Callable[[Fill], None]) -> None:
-        """Call ``callback`` once the fill failed, or its blob is stored (or could not be)."""
-        self._ended.append(callback)
+        """Call ``callback`` once the fill failed, or its blob is stored (or cannot be)."""
+        if self._ended is not None:
+            self._ended.append(callback)
 
-    def reader_joined(self) -> None:
-        self._readers += 1
+    def reader_joined(self, reader: Hashable, position: int) -> None:
+        self._readers[reader] = position
 
-    def reader_left(self) -> None:
-        self._readers -= 1
+    def reader_moved(self, reader: Hashable, position: int) -> None:
+        self._readers[reader] = position
+        self._release()
+
+    def reader_left(self, reader: Hashable) -> None:
+        self._readers.pop(reader, None)
+        self._release()
         self._check_detached()
 
+    @property
+    def held(self) -> int:
+        """Bytes held in memory for readers (only while streaming through)."""
+        return len(self._held)
+
+    def read_held(self, position: int, size: int) -> bytes:
+        """Up to ``size`` bytes from ``position``, past ``on_disk``, of those held in memory."""
+        start = position - self._held_from
+        return bytes(self._held[start : start + size]) if start >= 0 else b""
+
     def _check_detached(self) -> None:
-        if not self._readers and self.state == self.RUNNING and self.size > self._detached_max:
+        if self._readers or self.state != self.RUNNING:
+            return
+        if self.on_disk is not None:
+            self._abort("no client left, and the blob cannot be stored")
+        elif self.size > self._detached_max:
             self._abort(f"no client left and the blob is larger than {self._detached_max} bytes")
 
-    # IConsumer: the upstream stream writes here.  It is never paused: bytes go to storage.
+    # IConsumer: the upstream stream writes here.  It is paused only when streaming through.
 
     def registerProducer(self, producer: IProducer, streaming: bool) -> None:
-        pass
+        if streaming:
+            self._producer = cast(IPushProducer, producer)
 
     def unregisterProducer(self) -> None:
-        pass
+        self._producer = None
 
     def write(self, data: bytes) -> None:
         if self.state != self.RUNNING:
             return
-        try:
-            self._writer.write(data)
-        except OSError as e:
-            self._abort(f"cannot write to the cache: {e.strerror}")
+        if self.on_disk is None:
+            try:
+                self._writer.write(data)
+            except OSError as e:
+                self._stream_through(e)
+        if self.on_disk is not None:
+            self._hold(data)
             return
         self.written += len(data)
         if (
@@ -130,6 +172,43 @@ class Fill:
             or self._clock.seconds() - self._announced_at >= NOTIFY_SECONDS
         ):
             self._notify()
+
+    def _stream_through(self, error: OSError) -> None:
+        """Storage failed: drop the partial file; readers go on with the upstream's bytes."""
+        self.on_disk = self._held_from = self.written
+        log.warn(
+            "cache fill of {digest} cannot be stored ({problem}) after {written} of {size}"
+            " bytes; its {readers} clients go on streaming from the upstream",
+            digest=self.digest,
+            problem=error.strerror or str(error),
+            written=self.written,
+            size=self.size,
+            readers=len(self._readers),
+        )
+        self._writer.discard()
+        self._end()  # later clients fetch the blob themselves
+        # As at the start: the readers that asked may not have joined yet.
+        self._clock.callLater(0, self._check_detached)
+
+    def _hold(self, data: bytes) -> None:
+        self._held += data
+        self.written += len(data)
+        if len(self._held) > THROUGH_BUFFER and self._producer is not None and not self._paused:
+            self._paused = True
+            self._producer.pauseProducing()
+        self._notify()
+
+    def _release(self) -> None:
+        """Free held bytes every reader has; resume the upstream once few are left."""
+        if self.on_disk is None:
+            return
+        lowest = min(self._readers.values(), default=self.written)
+        if lowest > self._held_from:
+            del self._held[: lowest - self._held_from]
+            self._held_from = lowest
+        if self._paused and len(self._held) <= THROUGH_BUFFER and self._producer is not None:
+            self._paused = False
+            self._producer.resumeProducing()
 
     def _received(self, _: None) -> None:
         if self.state != self.RUNNING:
@@ -139,10 +218,12 @@ class Fill:
             return
         self.state = self.COMPLETE
         self._notify()
-        self._writer.commit().addBoth(self._stored)
+        if self.on_disk is None:
+            self._writer.commit().addBoth(lambda _: self._end())
 
-    def _stored(self, result: Failure | None) -> None:
-        for callback in self._ended:
+    def _end(self) -> None:
+        ended, self._ended = self._ended, None
+        for callback in ended or ():
             callback(self)
 
     def _failed(self, failure: Failure) -> None:
@@ -158,9 +239,9 @@ class Fill:
         self.state, self.problem = self.FAILED, problem
         log.warn("cache fill of {digest} failed: {problem}", digest=self.digest, problem=problem)
         self._writer.discard()
+        self._held = bytearray()
         self._notify()
-        for callback in self._ended:
-            callback(self)
+        self._end()
 
     def _notify(self) -> None:
         self._announced, self._announced_at = self.written, self._clock.seconds()

@@ -46,7 +46,7 @@ class FileStream:
         self._consumer = consumer
         consumer.registerProducer(self, True)
         if self._fill is not None:
-            self._fill.reader_joined()
+            self._fill.reader_joined(self, self._position)
             self._fill.listen(self._pump)
         self._idle = IdleTimer(
             self._clock,
@@ -74,7 +74,7 @@ class FileStream:
             available = self._available()
             if self._position >= available:
                 return  # the fill will call again when bytes arrive
-            chunk = self._reader.read(min(CHUNK, available - self._position))
+            chunk = self._read(min(CHUNK, available - self._position))
             if not chunk:
                 self._fail(FillFailed("the stored blob is shorter than its size"))
                 return
@@ -82,6 +82,16 @@ class FileStream:
             assert self._consumer is not None and self._idle is not None
             self._idle.progress()
             self._consumer.write(chunk)
+            if self._fill is not None:
+                self._fill.reader_moved(self, self._position)
+
+    def _read(self, size: int) -> bytes:
+        fill = self._fill
+        # Once a fill streams through, what reached the disk is in the (dropped) file this
+        # reader opened, and the rest in the fill's memory.
+        if fill is None or fill.on_disk is None or self._position < fill.on_disk:
+            return self._reader.read(size)
+        return fill.read_held(self._position, size)
 
     def pauseProducing(self) -> None:
         self._paused = True
@@ -114,4 +124,4 @@ class FileStream:
         self._reader.close()
         if self._fill is not None:
             self._fill.unlisten(self._pump)
-            self._fill.reader_left()
+            self._fill.reader_left(self)

@@ -1,15 +1,16 @@
 """Blob storage on the local filesystem, indexed in SQLite.
 
-Layout under the cache directory::
-
-    blobs/sha256/ab/abcdef...   verified content, named by digest (layers, configs, manifests)
-    tmp/                        downloads in progress; wiped at start
-    index.sqlite                sizes, access times, manifest media types, tags, sources
-
+The layout, and what opening a directory may delete, is :mod:`~dockermirror.storage.layout`'s.
 A blob becomes visible only by a rename after its digest was checked, so a
 crash (even SIGKILL) can leave temp files, which the next start removes, but
 never a partial blob under its digest.  The index row is written after the
 rename; a file without one is removed at start.
+
+Files changed behind the mirror's back are found and dropped, so that they are
+fetched again: a manifest is re-hashed on every read (4 MiB at most), a blob's
+file is checked for its size on every lookup, and the scrub
+(:mod:`~dockermirror.storage.scrub`) re-hashes blobs in the background.  A
+deleted ``tmp/`` or ``blobs/`` directory is made again when next needed.
 
 The index has two connections on two worker threads: lookups on one, writes on
 the other, so a write waiting for a lock (held by another process, say) never
@@ -21,10 +22,10 @@ and appends, as Twisted's own static file serving does.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sqlite3
-import uuid
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -35,8 +36,11 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from dockermirror.storage import layout
 from dockermirror.storage.index import Index
 from dockermirror.storage.interface import BlobEntry, BlobReader, Scope, StoredManifest, TagEntry
+from dockermirror.storage.layout import FileIdentity
+from dockermirror.storage.verify import Damage, Stored, drop, manifest_matches
 from dockermirror.storage.workers import Worker
 
 log = Logger()
@@ -69,8 +73,8 @@ class FilesystemStorage:
         self._clock = clock
         self._lookups = lookups
         self._writes = writes
-        self._lookup_index = Index(directory / "index.sqlite", writer=False)
-        self._write_index = Index(directory / "index.sqlite", writer=True)
+        self._lookup_index = Index(directory / layout.INDEX, writer=False)
+        self._write_index = Index(directory / layout.INDEX, writer=True)
         self._open = False
         # Requests that came while the index was being opened wait for it.
         self._opening: list[Deferred[None]] | None = None
@@ -121,9 +125,9 @@ class FilesystemStorage:
         return result
 
     def _prepare(self) -> tuple[int, int, int]:
-        (self.directory / "blobs").mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(self.directory / "tmp", ignore_errors=True)
-        (self.directory / "tmp").mkdir()
+        layout.claim(self.directory)  # before anything is deleted
+        layout.clear_temp(self.directory)
+        (self.directory / layout.BLOBS).mkdir(exist_ok=True)
         self._write_index.connect()
         count, orphans = self._reconcile()
         return count, orphans, self._write_index.total()
@@ -166,14 +170,11 @@ class FilesystemStorage:
         """Files and index rows agree: drop files without rows and rows without files."""
         indexed = self._write_index.digests()
         on_disk = set()
-        for algorithm in os.scandir(self.directory / "blobs"):
-            for prefix in os.scandir(algorithm.path):
-                for entry in os.scandir(prefix.path):
-                    digest = f"{algorithm.name}:{entry.name}"
-                    if digest in indexed:
-                        on_disk.add(digest)
-                    else:
-                        os.unlink(entry.path)
+        for digest, path in layout.blob_files(self.directory):
+            if digest in indexed:
+                on_disk.add(digest)
+            else:
+                os.unlink(path)
         missing = indexed - on_disk
         if missing:
             self._write_index.forget(missing)
@@ -182,25 +183,29 @@ class FilesystemStorage:
     # Blobs
 
     def path(self, digest: str) -> Path:
-        algorithm, _, hexdigest = digest.partition(":")
-        return self.directory / "blobs" / algorithm / hexdigest[:2] / hexdigest
+        return layout.blob_path(self.directory, digest)
 
     def local_path(self, digest: str) -> str | None:
         return str(self.path(digest))
 
     def stored_blob(self, digest: str, scope: Scope) -> Deferred[BlobEntry | None]:
-        def look() -> tuple[BlobEntry | None, bool]:
+        def look() -> BlobEntry | Damage | None:
             entry = self._lookup_index.blob(digest, scope)
-            return entry, entry is not None and self.path(digest).exists()
-
-        def found(result: tuple[BlobEntry | None, bool] | None) -> BlobEntry | None:
-            entry, present = result or (None, False)
-            if entry is not None and not present:
-                # Removed behind our back: forget it, so that it is fetched again.
-                log.warn("cached blob {digest} is missing from disk", digest=digest)
-                self._forget({digest: entry.size})
+            if entry is None:
                 return None
+            # Truncated, grown or removed behind our back: never served, fetched again.
+            found = layout.identity(self.path(digest))
+            if found is None:
+                return Damage(digest, "the file is missing", None)
+            if found.size != entry.size:
+                return Damage(digest, f"the file has {found.size} bytes, not {entry.size}", found)
             return entry
+
+        def found(result: BlobEntry | Damage | None) -> BlobEntry | None:
+            if isinstance(result, Damage):
+                self.drop_damaged(result)
+                return None
+            return result
 
         return self._lookup(look, None).addCallback(found)
 
@@ -251,10 +256,16 @@ class FilesystemStorage:
     def link(self, digest: str, scope: Scope) -> Deferred[None]:
         return self._write(self._write_index.link, digest, scope).addCallback(lambda _: None)
 
-    def _index_blob(self, digest: str, size: int, scope: Scope) -> Deferred[None]:
+    def _index_blob(
+        self, digest: str, size: int, scope: Scope, new_file: Path | None
+    ) -> Deferred[None]:
         def indexed(new: bool | None) -> None:
             if new:
                 self._total += size
+            elif new is None and new_file is not None:
+                # Not indexed (the disk is full, say): a file the index does not know would
+                # escape max_size.  Readers that opened it keep their bytes.
+                new_file.unlink(missing_ok=True)
 
         d = self._write(self._write_index.add_blob, digest, size, scope, None, self._now())
         return d.addCallback(indexed)
@@ -262,14 +273,26 @@ class FilesystemStorage:
     # Manifests and tags
 
     def manifest(self, digest: str, scope: Scope) -> Deferred[StoredManifest | None]:
-        def look() -> StoredManifest | None:
+        def look() -> StoredManifest | Damage | None:
             found = self._lookup_index.manifest_type(digest, scope)
             if found is None:
                 return None
             media_type, linked = found
-            return StoredManifest(digest, media_type, self.path(digest).read_bytes(), linked)
+            try:
+                with open(self.path(digest), "rb") as file:
+                    body = file.read()
+                    checked = FileIdentity.of(os.fstat(file.fileno()))
+            except FileNotFoundError:
+                return Damage(digest, "the file is missing", None)
+            # Re-hashed on every read: a manifest is small, and a wrong one breaks a whole pull.
+            if not manifest_matches(body, digest, (media_type,)):
+                return Damage(digest, "its bytes do not match the manifest's digest", checked)
+            return StoredManifest(digest, media_type, body, linked)
 
-        def found(stored: StoredManifest | None) -> StoredManifest | None:
+        def found(stored: StoredManifest | Damage | None) -> StoredManifest | None:
+            if isinstance(stored, Damage):
+                self.drop_damaged(stored)
+                return None
             if stored is not None:
                 self.touch(digest)
             return stored
@@ -280,8 +303,13 @@ class FilesystemStorage:
         self, digest: str, media_type: str, body: bytes, scope: Scope
     ) -> Deferred[bool]:
         def store() -> bool:
-            temp = self.directory / "tmp" / uuid.uuid4().hex
-            temp.write_bytes(body)
+            temp, file = layout.new_temp(self.directory)
+            try:
+                with file:
+                    file.write(body)
+            except OSError:
+                temp.unlink()  # a partial file (the disk filled) is never left behind
+                raise
             final = self.path(digest)
             existed = final.exists()
             final.parent.mkdir(parents=True, exist_ok=True)
@@ -336,27 +364,31 @@ class FilesystemStorage:
             return succeed(0)
         self._evicting = True
         keep = busy | set(self._readers)
-        excess = self._total - int(self.max_size * _LOW_WATER)
 
-        def remove() -> list[tuple[str, int]]:
-            victims: list[tuple[str, int]] = []
+        def remove() -> tuple[int, dict[str, int]]:
+            # Counted afresh: `dockermirror cache verify` may have dropped blobs meanwhile.
+            total = self._write_index.total()
+            excess = total - int(self.max_size * _LOW_WATER)
+            victims: list[str] = []
             freed = 0
             for digest, size in self._write_index.least_recently_used():
                 if freed >= excess:
                     break
                 if digest not in keep:
-                    victims.append((digest, size))
+                    victims.append(digest)
                     freed += size
-            for digest, _ in victims:
+            for digest in victims:
                 # A reader that opened the file before keeps its bytes: unlink does not touch them.
                 self.path(digest).unlink(missing_ok=True)
-            self._write_index.forget(digest for digest, _ in victims)
-            return victims
+            return total, self._write_index.forget(victims)
 
-        def removed(victims: list[tuple[str, int]] | None) -> int:
+        def removed(result: tuple[int, dict[str, int]] | None) -> int:
+            if result is None:
+                return 0
+            self._total, victims = result
             if not victims:
                 return 0
-            freed = self._dropped(dict(victims))
+            freed = self._dropped(victims)
             self._evicted += len(victims)
             log.info(
                 "cache eviction: removed {count} blobs, {freed} bytes; {total} bytes cached",
@@ -373,10 +405,30 @@ class FilesystemStorage:
         d = self._flush().addCallback(lambda _: self._write(remove)).addCallback(removed)
         return d.addBoth(done)
 
-    def _forget(self, sizes: dict[str, int]) -> None:
-        self._write(self._write_index.forget, list(sizes)).addCallback(
-            lambda _: self._dropped(sizes)
-        )
+    # Damage, and the scrub
+
+    def drop_damaged(self, damage: Damage) -> Deferred[None]:
+        """Drop a file found damaged, file and rows, so that it is fetched again."""
+
+        def dropped(sizes: dict[str, int] | None) -> None:
+            if sizes:
+                self._dropped(sizes)
+                log.warn(
+                    "cache damage: dropped {digest} ({problem}); it will be fetched again",
+                    digest=damage.digest,
+                    problem=damage.problem,
+                )
+
+        d = self._write(drop, self._write_index, self.path(damage.digest), damage)
+        return d.addCallback(dropped)
+
+    def least_recently_verified(self) -> Deferred[tuple[Stored, float] | None]:
+        """The stored blob checked longest ago, and when (clock seconds; 0 for never)."""
+        return self._lookup(self._lookup_index.least_recently_verified, None)
+
+    def mark_verified(self, digest: str) -> Deferred[None]:
+        d = self._write(self._write_index.mark_verified, digest, self._now())
+        return d.addCallback(lambda _: None)
 
     def _dropped(self, sizes: dict[str, int]) -> int:
         for digest in sizes:
@@ -450,8 +502,7 @@ class _PendingBlob:
         self._digest = digest
         self._size = size
         self._scope = scope
-        self._path = storage.directory / "tmp" / uuid.uuid4().hex
-        self._file = open(self._path, "xb")
+        self._path, self._file = layout.new_temp(storage.directory)
         self._committed = False
 
     def write(self, data: bytes) -> None:
@@ -472,15 +523,20 @@ class _PendingBlob:
         try:
             self._file.close()
             final.parent.mkdir(parents=True, exist_ok=True)
+            existed = final.exists()
             os.replace(self._path, final)
         except OSError as e:
             self._storage.report_write_failure(e)
             self.discard()
             return fail(e)
         self._path, self._committed = final, True
-        return self._storage._index_blob(self._digest, self._size, self._scope)
+        return self._storage._index_blob(
+            self._digest, self._size, self._scope, None if existed else final
+        )
 
     def discard(self) -> None:
-        self._file.close()
+        # Closing flushes what a full disk refused before, and fails again; the file goes anyway.
+        with contextlib.suppress(OSError):
+            self._file.close()
         if not self._committed:
             self._path.unlink(missing_ok=True)

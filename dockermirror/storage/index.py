@@ -1,4 +1,4 @@
-"""The cache index in SQLite: blob sizes, access times, sources, links, manifest types, tags.
+"""The cache index in SQLite: blob sizes, access and check times, sources, links, types, tags.
 
 Plain blocking calls on one connection; :mod:`dockermirror.storage.filesystem`
 runs them on worker threads.  WAL mode lets a reading connection go on while
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from dockermirror.storage.interface import BlobEntry, Scope, TagEntry
+from dockermirror.storage.verify import Stored
 
 T = TypeVar("T")
 
@@ -22,7 +23,9 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS blobs (
     digest TEXT PRIMARY KEY,
     size INTEGER NOT NULL,
-    accessed REAL NOT NULL
+    accessed REAL NOT NULL,
+    -- When its bytes were last found to match its digest (0: never), for the scrub.
+    verified REAL NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS blobs_by_access ON blobs (accessed);
 -- The upstream identities a blob was fetched for: only they may be served it.
@@ -65,6 +68,9 @@ INSERT OR IGNORE INTO manifest_types
     SELECT digest, upstream, media_type FROM blobs JOIN sources USING (digest)
     WHERE media_type IS NOT NULL
 """
+# Caches made before the scrub have no check times: their blobs are checked first.
+_MIGRATE_VERIFIED = "ALTER TABLE blobs ADD COLUMN verified REAL NOT NULL DEFAULT 0"
+_VERIFIED_INDEX = "CREATE INDEX IF NOT EXISTS blobs_by_verified ON blobs (verified)"
 # Whether the upstream has shown ?1 under repository ?3 (or it was cached before links).
 _LINKED = (
     "EXISTS (SELECT 1 FROM links WHERE digest = ?1 AND upstream = ?2 AND repository IN (?3, ?4))"
@@ -101,6 +107,10 @@ class Index:
                 if "media_type" in columns:
                     with db:
                         db.execute(_MIGRATE_MEDIA_TYPES)
+                if "verified" not in columns:
+                    with db:
+                        db.execute(_MIGRATE_VERIFIED)
+                db.execute(_VERIFIED_INDEX)
             else:
                 db.execute("PRAGMA query_only=1")
         except sqlite3.Error:
@@ -170,6 +180,29 @@ class Index:
     def least_recently_used(self) -> Iterator[tuple[str, int]]:
         yield from self.db.execute("SELECT digest, size FROM blobs ORDER BY accessed")
 
+    def least_recently_verified(self) -> tuple[Stored, float] | None:
+        """The blob checked longest ago, and when that was."""
+        row = self.db.execute(
+            "SELECT digest, size, verified FROM blobs ORDER BY verified LIMIT 1"
+        ).fetchone()
+        return None if row is None else (self._stored(row[0], int(row[1])), float(row[2]))
+
+    def stored(self) -> list[Stored]:
+        """Every stored blob."""
+        types: dict[str, list[str]] = {}
+        for digest, media_type in self.db.execute("SELECT digest, media_type FROM manifest_types"):
+            types.setdefault(digest, []).append(media_type)
+        return [
+            Stored(digest, int(size), tuple(types.get(digest, ())))
+            for digest, size in self.db.execute("SELECT digest, size FROM blobs ORDER BY digest")
+        ]
+
+    def _stored(self, digest: str, size: int) -> Stored:
+        rows = self.db.execute(
+            "SELECT DISTINCT media_type FROM manifest_types WHERE digest = ?", (digest,)
+        )
+        return Stored(digest, size, tuple(media_type for (media_type,) in rows))
+
     # Writing
 
     def add_blob(
@@ -178,10 +211,11 @@ class Index:
         """Index a stored blob, fetched under ``scope``; True when it was not stored before."""
         with self.db:
             existed = self.db.execute("SELECT 1 FROM blobs WHERE digest = ?", (digest,)).fetchone()
+            # Stored only once its digest was checked: verified now.
             self.db.execute(
-                "INSERT INTO blobs (digest, size, accessed) VALUES (?, ?, ?)"
+                "INSERT INTO blobs (digest, size, accessed, verified) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT (digest) DO UPDATE SET accessed = excluded.accessed",
-                (digest, size, now),
+                (digest, size, now, now),
             )
             self.db.execute(
                 "INSERT OR IGNORE INTO sources VALUES (?, ?)", (digest, scope.upstream)
@@ -227,8 +261,19 @@ class Index:
                 [(when, digest) for digest, when in accesses],
             )
 
-    def forget(self, digests: Iterable[str]) -> None:
-        rows = [(digest,) for digest in digests]
+    def mark_verified(self, digest: str, now: float) -> None:
         with self.db:
+            self.db.execute("UPDATE blobs SET verified = ? WHERE digest = ?", (now, digest))
+
+    def forget(self, digests: Iterable[str]) -> dict[str, int]:
+        """Drop blobs' rows; the sizes of those that had rows (another caller may have won)."""
+        rows = [(digest,) for digest in digests]
+        sizes: dict[str, int] = {}
+        with self.db:
+            for (digest,) in rows:
+                found = self.db.execute("SELECT size FROM blobs WHERE digest = ?", (digest,))
+                for (size,) in found:
+                    sizes[digest] = int(size)
             for table in ("blobs", "sources", "links", "manifest_types"):
                 self.db.executemany(f"DELETE FROM {table} WHERE digest = ?", rows)
+        return sizes
