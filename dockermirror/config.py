@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -16,6 +15,20 @@ from typing import Any, TypeVar
 
 import attrs
 from hyperlink import DecodedURL
+
+from dockermirror.configvalues import (
+    ConfigError,
+    any_list,
+    boolean,
+    check_keys,
+    network,
+    parse_size,
+    patterns,
+    string,
+    subtable,
+)
+from dockermirror.policy.patterns import EVERYTHING, Patterns
+from dockermirror.policy.settings import POLICY_TABLES, PolicySettings, build_policy
 
 N = TypeVar("N", bound=attrs.AttrsInstance)
 
@@ -37,10 +50,7 @@ WELL_KNOWN: Mapping[str, str] = {
 }
 DEFAULT_ROUTE = "*"
 DEFAULT_PORT = "tcp:5000"
-
-
-class ConfigError(Exception):
-    """A configuration problem, worded as one line naming the key."""
+BLOCKED = "this repository is blocked on this mirror"
 
 
 @attrs.frozen
@@ -54,6 +64,11 @@ class Registry:
     docker_hub: bool = False
     # Non-public networks its token server and redirect targets may be on, besides its own host.
     trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    # Which of its repositories anyone may pull through the mirror, and what others are told.
+    repositories: Patterns = EVERYTHING
+    blocked_message: str = BLOCKED
+    # Reachable by path prefix and containerd's ?ns= (not only by a Host route naming it).
+    by_prefix: bool = True
 
     @property
     def credentials(self) -> tuple[str, str] | None:
@@ -117,19 +132,14 @@ def default_cache_dir() -> str:
     return os.path.join(base, "dockermirror")
 
 
-_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\Z", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
-_UNITS.update({"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40})
-
-
-def parse_size(value: object, key: str) -> int:
-    """A byte count: an integer, or a string like "50GiB" or "500 MB"."""
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    match = _SIZE.match(value.strip()) if isinstance(value, str) else None
-    if match is None:
-        raise ConfigError(f"{key}: {value!r} is not a size (e.g. 50GiB, 500MB or a byte count)")
-    return int(float(match[1]) * _UNITS[(match[2] or "").lower()])
+def default_state_dir() -> str:
+    """systemd's StateDirectory= (``$STATE_DIRECTORY``), else the per-user XDG state."""
+    if os.environ.get("STATE_DIRECTORY"):
+        return os.environ["STATE_DIRECTORY"].split(":")[0]
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "state"
+    )
+    return os.path.join(base, "dockermirror")
 
 
 @attrs.frozen
@@ -141,6 +151,7 @@ class MirrorConfig:
     upstream: UpstreamSettings = UpstreamSettings()
     cache: CacheSettings = CacheSettings()
     server: ServerSettings = ServerSettings()
+    policy: PolicySettings = attrs.field(factory=PolicySettings)
 
     def registry_for_host(self, host: str) -> Registry | None:
         name = self.routes.get(host, self.routes.get(DEFAULT_ROUTE))
@@ -165,6 +176,17 @@ def parse_assignment(text: str, option: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
+_TOP_KEYS = {
+    "server",
+    "routes",
+    "registries",
+    "upstream",
+    "cache",
+    "well_known_registries",
+    *POLICY_TABLES,
+}
+
+
 def build_config(
     data: Mapping[str, Any],
     *,
@@ -174,21 +196,23 @@ def build_config(
     cache: Mapping[str, Any] | None = None,
 ) -> MirrorConfig:
     """Validate a parsed TOML document; command-line values override it."""
-    check_keys(data, "", {"server", "routes", "registries", "upstream", "cache"})
+    check_keys(data, "", _TOP_KEYS)
     server = subtable(data, "server")
     check_keys(server, "server.", {"ports", *(f.name for f in attrs.fields(ServerSettings))})
 
     registry_tables = dict(subtable(data, "registries"))
     for name, url in registries:
         registry_tables[name] = {**registry_tables.get(name, {}), "url": url}
-    known = {name: _registry(name, {"url": url}) for name, url in WELL_KNOWN.items()}
+    # Without the switch, a well-known registry is reachable only when a route or a table names it.
+    well_known = boolean(data.get("well_known_registries", True), "well_known_registries")
+    known = {name: _registry(name, {"url": url}) for name, url in WELL_KNOWN.items() if well_known}
     for name, table in registry_tables.items():
         if not isinstance(table, Mapping):
             raise ConfigError(f"registries.{name}: must be a table")
         known[name] = _registry(name, {"url": WELL_KNOWN.get(name), **table})
 
     route_table: dict[str, str] = {
-        _host_key(k, f"routes.{k}"): _string(v, f"routes.{k}")
+        _host_key(k, f"routes.{k}"): string(v, f"routes.{k}")
         for k, v in subtable(data, "routes").items()
     }
     route_table.update((_host_key(k, f"--route {k}"), v) for k, v in routes)
@@ -196,9 +220,13 @@ def build_config(
         route_table[DEFAULT_ROUTE] = DOCKER_HUB
     for host, target in route_table.items():
         if target not in known:
-            known[target] = _url_registry(target, f"routes.{host}")
+            known[target] = (
+                _registry(target, {"url": WELL_KNOWN[target]})
+                if target in WELL_KNOWN
+                else _url_registry(target, f"routes.{host}")
+            )
     chosen_ports = tuple(ports) or tuple(
-        _string(p, "server.ports") for p in _list(server, "ports", "server.ports")
+        string(p, "server.ports") for p in any_list(server, "ports", "server.ports")
     )
     return MirrorConfig(
         ports=chosen_ports or (DEFAULT_PORT,),
@@ -209,14 +237,25 @@ def build_config(
             ServerSettings, {k: v for k, v in server.items() if k != "ports"}, "server."
         ),
         cache=_cache({**subtable(data, "cache"), **(cache or {})}),
+        policy=build_policy(data),
     )
+
+
+_REGISTRY_KEYS = {
+    "url",
+    "username",
+    "password",
+    "password_file",
+    "trusted_networks",
+    "repositories",
+    "blocked_message",
+    "by_prefix",
+}
 
 
 def _registry(name: str, table: Mapping[str, Any]) -> Registry:
     key = f"registries.{name}"
-    check_keys(
-        table, key + ".", {"url", "username", "password", "password_file", "trusted_networks"}
-    )
+    check_keys(table, key + ".", _REGISTRY_KEYS)
     if table.get("url") is None:
         raise ConfigError(f"{key}.url: required for a registry that is not well known")
     url = _url(table["url"], f"{key}.url")
@@ -225,19 +264,25 @@ def _registry(name: str, table: Mapping[str, Any]) -> Registry:
     if "password_file" in table:
         if password is not None:
             raise ConfigError(f"{key}: give password or password_file, not both")
-        password = _read_secret(_string(table["password_file"], f"{key}.password_file"), key)
+        password = _read_secret(string(table["password_file"], f"{key}.password_file"), key)
     if (username is None) != (password is None):
         raise ConfigError(f"{key}: username and password go together")
     return Registry(
         name=name,
         url=url,
-        username=None if username is None else _string(username, f"{key}.username"),
-        password=None if password is None else _string(password, f"{key}.password"),
+        username=None if username is None else string(username, f"{key}.username"),
+        password=None if password is None else string(password, f"{key}.password"),
         docker_hub=name == DOCKER_HUB or url.host in {"registry-1.docker.io", "index.docker.io"},
         trusted_networks=tuple(
             network(v, f"{key}.trusted_networks")
-            for v in _list(table, "trusted_networks", f"{key}.trusted_networks")
+            for v in any_list(table, "trusted_networks", f"{key}.trusted_networks")
         ),
+        repositories=patterns(table["repositories"], f"{key}.repositories")
+        if "repositories" in table
+        else EVERYTHING,
+        blocked_message=string(table.get("blocked_message", BLOCKED), f"{key}.blocked_message"),
+        # A registry with credentials is the operator's account: only routes that name it.
+        by_prefix=boolean(table.get("by_prefix", username is None), f"{key}.by_prefix"),
     )
 
 
@@ -252,7 +297,7 @@ def _url_registry(target: str, key: str) -> Registry:
 
 
 def _url(value: object, key: str) -> DecodedURL:
-    text = _string(value, key)
+    text = string(value, key)
     try:
         url = DecodedURL.from_text(text)
     except ValueError as e:
@@ -268,13 +313,6 @@ def _url(value: object, key: str) -> DecodedURL:
         )
     # Registry APIs live at /v2/ below the URL's path; drop a trailing slash once here.
     return url.replace(path=tuple(s for s in url.path if s))
-
-
-def network(value: object, key: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    try:
-        return ipaddress.ip_network(_string(value, key), strict=False)
-    except ValueError:
-        raise ConfigError(f"{key}: {value!r} is not a network (e.g. 10.0.0.0/8)") from None
 
 
 def _read_secret(path: str, key: str) -> str:
@@ -308,7 +346,7 @@ def _cache(table: Mapping[str, Any]) -> CacheSettings:
             if not isinstance(value, bool):
                 raise ConfigError(f"{key}: must be true or false")
         elif name == "dir":
-            value = _string(value, key)
+            value = string(value, key)
         elif name in ("max_size", "detached_fill_max", "min_free"):
             value = parse_size(value, key)
         elif name == "scrub_rate":
@@ -333,34 +371,3 @@ def strip_port(host: str) -> str:
     if host.count(":") == 1:
         return host.partition(":")[0]
     return host
-
-
-def check_keys(table: Mapping[str, Any], prefix: str, allowed: set[str]) -> None:
-    for key in table:
-        if key not in allowed:
-            raise ConfigError(f"{prefix}{key}: unknown key (expected one of {sorted(allowed)})")
-
-
-def subtable(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
-    value = data.get(key, {})
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"{key}: must be a table")
-    return value
-
-
-def string_list(data: Mapping[str, Any], key: str, prefix: str) -> list[str]:
-    """``data[key]``, a list of non-empty strings (empty when absent)."""
-    return [_string(v, prefix + key) for v in _list(data, key, prefix + key)]
-
-
-def _list(data: Mapping[str, Any], key: str, name: str) -> list[Any]:
-    value = data.get(key, [])
-    if not isinstance(value, list):
-        raise ConfigError(f"{name}: must be a list")
-    return value
-
-
-def _string(value: object, key: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{key}: must be a non-empty string")
-    return value

@@ -74,6 +74,7 @@ class RegistryError(Exception):
         status: int | None = None,
         message: str | None = None,
         retry_after: str | None = None,
+        scope: str | None = None,
     ) -> None:
         super().__init__(code.code, detail)
         self.code = code
@@ -82,6 +83,8 @@ class RegistryError(Exception):
         self.message = message if message is not None else code.message
         # Seconds (or an HTTP date) after which a TOOMANYREQUESTS client may try again.
         self.retry_after = retry_after
+        # The token scope an UNAUTHORIZED client should ask the mirror for.
+        self.scope = scope
 
     def __str__(self) -> str:
         return f"{self.code.code}: {self.message}"

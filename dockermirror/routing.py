@@ -9,7 +9,9 @@ Three ways to name a registry, most explicit first:
 
 Prefixes and ``ns`` only ever select a registry the configuration knows by name
 (well-known or defined under ``[registries]``), so neither turns the mirror into
-an open relay to arbitrary hosts.
+an open relay to arbitrary hosts; and never one that is not ``by_prefix`` (a
+registry with the operator's credentials is reached only by the Host routes
+that name it).
 """
 
 from __future__ import annotations
@@ -39,11 +41,14 @@ def route_request(config: MirrorConfig, host: str, name: str, ns: str | None) ->
     validate_name(name)
     registry, upstream_name = _registry_by_prefix(config, name)
     if registry is None and ns:
-        registry = config.registries.get(ns)
+        registry = _by_name(config, ns)
         if registry is None:
             raise RegistryError(
                 DENIED,
-                {"ns": ns, "registries": sorted(config.registries)},
+                {
+                    "ns": ns,
+                    "registries": sorted(n for n, r in config.registries.items() if r.by_prefix),
+                },
                 message=f"registry {ns!r} is not served by this mirror",
             )
     if registry is None:
@@ -76,7 +81,12 @@ def _registry_by_prefix(config: MirrorConfig, name: str) -> tuple[Registry | Non
     # which the name grammar does not allow here) or is "localhost"; Docker Hub user and
     # organisation names are neither.
     if sep and ("." in first or first == "localhost"):
-        registry = config.registries.get(first)
+        registry = _by_name(config, first)
         if registry is not None:
             return registry, rest
     return None, name
+
+
+def _by_name(config: MirrorConfig, name: str) -> Registry | None:
+    registry = config.registries.get(name)
+    return registry if registry is not None and registry.by_prefix else None

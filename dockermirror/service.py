@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -10,12 +12,16 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from dockermirror import __version__
+from dockermirror.auth.htpasswd import Htpasswd
+from dockermirror.auth.keys import TokenKeyError, load_or_create_key
 from dockermirror.auth.tokens import TokenIssuer
-from dockermirror.config import MirrorConfig
+from dockermirror.config import MirrorConfig, default_state_dir
+from dockermirror.policy.access import AccessPolicy
 from dockermirror.registry.caching import CachingRegistry
 from dockermirror.registry.model import Registry
 from dockermirror.registry.upstream import UpstreamRegistry
@@ -162,8 +168,56 @@ class Announcement(Service):
         )
 
 
-def build_site(config: MirrorConfig, reactor: Any, registry: Registry) -> MirrorSite:
-    app = MirrorApp(config, registry, TokenIssuer(reactor))
+def build_app(
+    config: MirrorConfig,
+    reactor: Any,
+    registry: Registry,
+    *,
+    token_key: bytes | None = None,
+    users: Htpasswd | None = None,
+) -> MirrorApp:
+    """The mirror's routes; ``token_key`` None signs tokens with a key that dies with it."""
+    issuer = TokenIssuer(
+        reactor, token_key or secrets.token_bytes(32), config.policy.auth.token_lifetime
+    )
+    return MirrorApp(config, registry, AccessPolicy(config.policy, users, issuer), issuer)
+
+
+def build_site(
+    config: MirrorConfig,
+    reactor: Any,
+    registry: Registry,
+    *,
+    token_key: bytes | None = None,
+    users: Htpasswd | None = None,
+) -> MirrorSite:
+    app = build_app(config, reactor, registry, token_key=token_key, users=users)
     # The client limits (deadlines, connection caps) are the server settings'; the caller
     # fits max_connections under the open-file limit.
     return MirrorSite(app.resource(), reactor=reactor, settings=config.server)
+
+
+def load_users(config: MirrorConfig, reactor: Any) -> Htpasswd | None:
+    """The htpasswd users, when client authentication is on; raises HtpasswdError."""
+    path = config.policy.auth.htpasswd
+    if path is None:
+        return None
+    pool = reactor.getThreadPool()
+    return Htpasswd(Path(path), reactor, lambda work: deferToThreadPool(reactor, pool, work))
+
+
+def token_key(config: MirrorConfig) -> bytes | None:
+    """The token signing key from its file, made there if need be.
+
+    Without client authentication a key that cannot be kept only means tokens
+    end with the process (None); with it, it raises TokenKeyError.
+    """
+    auth = config.policy.auth
+    path = Path(auth.token_key_file or os.path.join(default_state_dir(), "token.key"))
+    try:
+        return load_or_create_key(path)
+    except TokenKeyError as e:
+        if auth.enabled or auth.token_key_file is not None:
+            raise
+        log.warn("{problem}; tokens will not outlive this process", problem=str(e))
+        return None

@@ -13,6 +13,8 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.server import Site
 
+from dockermirror.auth.htpasswd import HtpasswdError
+from dockermirror.auth.keys import TokenKeyError
 from dockermirror.config import (
     ConfigError,
     MirrorConfig,
@@ -20,7 +22,7 @@ from dockermirror.config import (
     load_toml,
     parse_assignment,
 )
-from dockermirror.service import Announcement, build_registry, build_site
+from dockermirror.service import Announcement, build_registry, build_site, load_users, token_key
 from dockermirror.upstream.pools import UpstreamPools
 from dockermirror.web import descriptors
 
@@ -154,7 +156,12 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     if cache is not None:
         # Before the listeners, so that it stops after them and its storage opens first.
         cache.setServiceParent(top)
-    site = build_site(config, reactor, registry)
+    try:
+        users = load_users(config, reactor)
+        key = token_key(config)
+    except (HtpasswdError, TokenKeyError) as e:
+        raise StartupError(str(e)) from None
+    site = build_site(config, reactor, registry, token_key=key, users=users)
     for port in config.ports:
         Listener(port, site, reactor).setServiceParent(top)
     return top

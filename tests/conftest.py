@@ -151,6 +151,8 @@ trusted_networks = ["{CDN_HOST}/32"]
 url = "{upstream.url}"
 username = "mirror"
 password_file = "{secret}"
+# The tests reach it by prefix; an operator's credentials need this said out loud.
+by_prefix = true
 
 [registries."blackhole.test"]
 url = "http://127.0.0.1:{blackhole.getsockname()[1]}"

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from treq.testing import RequestTraversalAgent, StubTreq
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from dockermirror.auth.htpasswd import Htpasswd
 from dockermirror.config import MirrorConfig, build_config
 from dockermirror.registry.caching import CachingRegistry
 from dockermirror.service import build_registry, build_site
@@ -131,7 +133,13 @@ def dying_handler(first_part: bytes) -> Handler:
 class Harness:
     """The mirror, in memory, with docker.io pointed at a fake registry."""
 
-    def __init__(self, registry: FakeRegistry, toml: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        registry: FakeRegistry,
+        toml: dict[str, Any] | None = None,
+        *,
+        token_key: bytes = b"k" * 32,
+    ) -> None:
         self.clock = Clock()
         self.registry = registry
         self.upstream_agent = RequestTraversalAgent(registry)
@@ -152,7 +160,12 @@ class Harness:
         )
         if self.cache is not None:
             self.cache.startService()
-        self.site = build_site(self.config, self.clock, self.registry_stack)
+        htpasswd = self.config.policy.auth.htpasswd
+        # bcrypt runs inline too (a real mirror runs it on a thread).
+        users = Htpasswd(Path(htpasswd), self.clock, maybeDeferred) if htpasswd else None
+        self.site = build_site(
+            self.config, self.clock, self.registry_stack, token_key=token_key, users=users
+        )
         self.client = stub_client(self.site)
 
     def caching(self) -> CachingRegistry:

@@ -272,7 +272,12 @@ def test_eviction_spares_a_blob_being_filled(
     toml = {
         "registries": {
             "docker.io": {"url": "http://upstream.test"},
-            "private.test": {"url": "http://upstream.test", "username": "u", "password": "p"},
+            "private.test": {
+                "url": "http://upstream.test",
+                "username": "u",
+                "password": "p",
+                "by_prefix": True,
+            },
         }
     }
     harness = cached(registry, toml, max_size=SIZE * 3 // 2, min_free=1)

@@ -224,7 +224,12 @@ def test_content_pulled_with_credentials_stays_with_them(
     toml = {
         "registries": {
             "docker.io": {"url": "http://upstream.test"},
-            "private.test": {"url": "http://upstream.test", "username": "u", "password": "p"},
+            "private.test": {
+                "url": "http://upstream.test",
+                "username": "u",
+                "password": "p",
+                "by_prefix": True,
+            },
         },
         "cache": {"dir": str(tmp_path / "cache")},
     }

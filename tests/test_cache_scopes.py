@@ -88,7 +88,12 @@ def test_a_manifest_type_is_each_upstreams_own(registry: FakeRegistry, tmp_path:
     toml = {
         "registries": {
             "docker.io": {"url": "http://upstream.test"},
-            "private.test": {"url": "http://upstream.test", "username": "u", "password": "p"},
+            "private.test": {
+                "url": "http://upstream.test",
+                "username": "u",
+                "password": "p",
+                "by_prefix": True,
+            },
         },
         "cache": {"dir": str(tmp_path / "cache")},
     }

@@ -14,6 +14,7 @@ from dockermirror.config import (
     parse_size,
     strip_port,
 )
+from dockermirror.policy.settings import Limits
 
 
 def test_defaults_mirror_docker_hub_on_port_5000() -> None:
@@ -115,6 +116,25 @@ def test_password_file(tmp_path: Path) -> None:
             "upstream.max_connections_per_host: must be a whole",
         ),
         ({"server": {"ports": "tcp:1"}}, "server.ports: must be a list"),
+        ({"auth": {"anonymous": "yes"}}, "auth.anonymous: must be true or false"),
+        ({"auth": {"anonymous_pull": "library/*"}}, "auth.anonymous_pull: must be a list"),
+        ({"auth": {"user_pull": ["!"]}}, "auth.user_pull: '!' is not a pattern"),
+        ({"auth": {"token_lifetime": 5}}, "auth.token_lifetime: must be a whole number"),
+        ({"auth": {"realm": "x"}}, "auth.realm: unknown key"),
+        ({"access": {"deny": ["10.0.0.0/40"]}}, "access.deny: '10.0.0.0/40' is not a network"),
+        ({"access": {"allow": "10.0.0.0/8"}}, "access.allow: must be a list"),
+        ({"limits": {"requests_per_second": 0}}, "limits.requests_per_second: must be a positive"),
+        (
+            {"limits": {"bytes_per_second": "fast"}},
+            "limits.bytes_per_second: 'fast' is not a size",
+        ),
+        ({"users": {"bob": {"unlimited": True, "concurrent_blobs": 2}}}, "users.bob: unlimited"),
+        ({"users": {"bob": {"pulls": []}}}, "users.bob.pulls: unknown key"),
+        ({"well_known_registries": "no"}, "well_known_registries: must be true or false"),
+        (
+            {"registries": {"x.io": {"url": "https://x", "repositories": "library/*"}}},
+            "registries.x.io.repositories: must be a list",
+        ),
         (
             {"registries": {"x.io": {"url": "https://x", "trusted_networks": ["10.0.0.0/33"]}}},
             "registries.x.io.trusted_networks: '10.0.0.0/33' is not a network",
@@ -146,6 +166,29 @@ def test_credentials_in_a_url_are_refused_without_echoing_them(data: dict[str, o
     with pytest.raises(ConfigError, match="must not hold credentials") as error:
         build_config(data)
     assert "s3cret" not in str(error.value)
+
+
+def test_policy_settings() -> None:
+    config = build_config(
+        {
+            "auth": {"htpasswd": "/etc/users", "anonymous_pull": ["docker.io/library/*"]},
+            "access": {"trusted_proxies": ["10.0.0.1"]},
+            "limits": {"requests_per_second": 5, "bytes_per_second": "10MB"},
+            "users": {"ci": {"unlimited": True}, "bob": {"pull": ["*"], "concurrent_blobs": 2}},
+            "registries": {"private.io": {"url": "https://p", "username": "u", "password": "p"}},
+        }
+    )
+    policy = config.policy
+    assert policy.auth.enabled and policy.auth.anonymous
+    assert policy.auth.anonymous_pull.matches("docker.io/library/redis")
+    assert not policy.auth.anonymous_pull.matches("ghcr.io/a/b")
+    assert str(policy.access.trusted_proxies[0]) == "10.0.0.1/32"
+    assert (policy.limits.requests_per_second, policy.limits.bytes_per_second) == (5.0, 1e7)
+    assert policy.users["ci"].limits is not None and policy.users["ci"].limits.unlimited
+    assert policy.users["bob"].limits == Limits(concurrent_blobs=2)
+    # The operator's account is reached by its Host routes only, unless said otherwise.
+    assert not config.registries["private.io"].by_prefix
+    assert config.registries["docker.io"].by_prefix
 
 
 def test_server_limits() -> None:

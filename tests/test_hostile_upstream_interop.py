@@ -398,7 +398,7 @@ CASES = [
 def mirror_config(port: int) -> str:
     registries = "".join(
         f'[registries."{name}"]\nurl = "http://127.0.0.1:{port}"\n'
-        f'username = "{USER}"\npassword = "{PASSWORD}"\n\n'
+        f'username = "{USER}"\npassword = "{PASSWORD}"\nby_prefix = true\n\n'
         for name in ["good.test", *(case.registry for case in CASES)]
     )
     return f"""[routes]

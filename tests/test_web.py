@@ -19,7 +19,6 @@ from twisted.logger import LogLevel
 from twisted.web.client import ResponseFailed, ResponseNeverReceived
 from twisted.web.test.requesthelper import DummyRequest
 
-from dockermirror.auth.tokens import TokenIssuer
 from dockermirror.config import build_config
 from dockermirror.errors import TOOMANYREQUESTS, RegistryError
 from dockermirror.registry.model import (
@@ -34,7 +33,7 @@ from dockermirror.registry.model import (
     TagPage,
 )
 from dockermirror.routing import Target
-from dockermirror.web.app import MirrorApp
+from dockermirror.service import build_app
 from dockermirror.web.site import MirrorSite
 from tests.fakes import result_of, stub_client
 from tests.test_registry_caching import BytesStream
@@ -109,7 +108,7 @@ def registry() -> ScriptedRegistry:
 @pytest.fixture
 def client(registry: ScriptedRegistry) -> Any:
     clock = Clock()
-    app = MirrorApp(build_config({}), registry, TokenIssuer(clock))
+    app = build_app(build_config({}), clock, registry)
     return stub_client(MirrorSite(app.resource(), reactor=clock))
 
 
@@ -203,10 +202,11 @@ def test_access_log_reads_the_typed_request(
 def test_a_path_that_is_not_utf8_gets_an_oci_error(
     registry: ScriptedRegistry, log_events: list[dict[str, object]]
 ) -> None:
-    resource = MirrorApp(build_config({}), registry, TokenIssuer(Clock())).resource()
+    resource = build_app(build_config({}), Clock(), registry).resource()
     request = DummyRequest([b"v2", b"%ff", b"manifests", b"7"])
     # As a client sends it: percent-encoded bytes that are not UTF-8 once decoded.
     request.path = b"/v2/library%ff/manifests/7"  # type: ignore[attr-defined]
+    request.isSecure = lambda: False  # type: ignore[attr-defined]  # DummyRequest lacks it
     body = resource.render(request)
     assert isinstance(body, bytes)
     assert (request.responseCode, json.loads(body)["errors"][0]["code"]) == (400, "NAME_INVALID")

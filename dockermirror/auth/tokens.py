@@ -1,17 +1,19 @@
-"""The mirror's own token endpoint (``/v2/auth``): signed, short-lived pull tokens.
+"""The mirror's own tokens (``/v2/auth``): signed, short-lived, naming a user and what it may pull.
 
-The mirror asks no credentials yet, so every caller gets an anonymous token
-granting ``pull`` on the repositories it asked for.  Tokens are HS256 JWTs
-signed with a key that lives as long as the process.
+Tokens are HS256 JWTs.  The key comes from the operator's file or is made
+once and kept (see :mod:`dockermirror.auth.keys`), so tokens outlive a restart
+and work on every node that shares the key.  The policy decides what a token
+grants; this module only signs and checks.
 """
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
+import attrs
 import jwt
 from twisted.internet.interfaces import IReactorTime
 
@@ -28,33 +30,39 @@ def parse_scope(scope: str) -> tuple[str, str, list[str]] | None:
     return kind, name, [a for a in actions.split(",") if a]
 
 
+@attrs.frozen
+class Grant:
+    """What a verified token says: who, and which repositories (``docker.io/library/redis``)."""
+
+    user: str | None
+    repositories: frozenset[str]
+
+
 class TokenIssuer:
-    def __init__(self, clock: IReactorTime, lifetime: int = 300, key: bytes | None = None) -> None:
+    def __init__(self, clock: IReactorTime, key: bytes, lifetime: int = 300) -> None:
         self._clock = clock
         self._lifetime = lifetime
-        self._key = key or secrets.token_bytes(32)
+        self._key = key
 
-    def issue(self, scopes: Iterable[str], complete: Callable[[str], str]) -> dict[str, Any]:
-        """A token response for ``scopes``; ``complete`` maps a client's name to the upstream's."""
-        access = []
-        for scope in scopes:
-            parsed = parse_scope(scope)
-            if parsed is None or parsed[0] != "repository":
-                continue
-            _, name, actions = parsed
-            # A mirror is read-only: pull is all it can grant.
-            granted = [a for a in actions if a == "pull"]
-            access.append({"type": "repository", "name": complete(name), "actions": granted})
+    def issue(self, user: str | None, access: Iterable[tuple[str, bool]]) -> dict[str, Any]:
+        """A token response for ``user``: ``access`` pairs a repository with whether it is granted.
+
+        A repository asked for and not granted is listed with no actions, as
+        registries do, so that a client sees what it asked for.
+        """
         now = int(self._clock.seconds())
         claims = {
             "iss": ISSUER,
             "aud": SERVICE,
-            "sub": "",
+            "sub": user or "",
             "iat": now,
             "nbf": now,
             "exp": now + self._lifetime,
             "jti": secrets.token_hex(8),
-            "access": access,
+            "access": [
+                {"type": "repository", "name": name, "actions": ["pull"] if granted else []}
+                for name, granted in access
+            ],
         }
         token = jwt.encode(claims, self._key, algorithm="HS256")
         return {
@@ -64,8 +72,8 @@ class TokenIssuer:
             "issued_at": datetime.fromtimestamp(now, UTC).isoformat().replace("+00:00", "Z"),
         }
 
-    def verify(self, token: str) -> dict[str, Any] | None:
-        """The claims of a token this mirror issued and that is still valid, else None."""
+    def verify(self, token: str) -> Grant | None:
+        """What a token this mirror issued and that is still valid grants, else None."""
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
@@ -81,4 +89,12 @@ class TokenIssuer:
         now = self._clock.seconds()
         if not isinstance(claims.get("exp"), int) or claims["exp"] <= now:
             return None
-        return claims
+        try:
+            granted = frozenset(
+                str(entry["name"])
+                for entry in claims.get("access") or ()
+                if entry.get("type") == "repository" and "pull" in (entry.get("actions") or ())
+            )
+        except (TypeError, AttributeError, KeyError):
+            return None
+        return Grant(str(claims.get("sub") or "") or None, granted)

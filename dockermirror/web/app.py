@@ -1,13 +1,14 @@
 """The mirror's HTTP surface: the usage page, the registry API base, its token endpoint and pulls.
 
-A pull reads top to bottom in :meth:`MirrorApp.api`: parse the path, route it to
-an upstream, ask the :class:`~dockermirror.registry.model.Registry`, render.
+A pull reads top to bottom in :meth:`MirrorApp.api`: parse the path, find out
+who asks, route it to an upstream, check the access policy, ask the
+:class:`~dockermirror.registry.model.Registry`, render.
 """
 
 from __future__ import annotations
 
 import json
-from urllib.parse import unquote_to_bytes
+from urllib.parse import parse_qs, unquote_to_bytes
 
 from klein import Klein
 from twisted.internet.defer import CancelledError
@@ -17,7 +18,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
-from dockermirror.auth.tokens import TokenIssuer
+from dockermirror.auth.tokens import TokenIssuer, parse_scope
 from dockermirror.config import MirrorConfig, strip_port
 from dockermirror.errors import (
     NAME_INVALID,
@@ -27,10 +28,12 @@ from dockermirror.errors import (
     UNSUPPORTED,
     RegistryError,
 )
+from dockermirror.policy.access import ANONYMOUS, AccessPolicy, Identity
 from dockermirror.reference import Endpoint, parse_api_path, validate_digest, validate_reference
 from dockermirror.registry.model import Registry
 from dockermirror.routing import route_request
 from dockermirror.web.errors import render_error
+from dockermirror.web.forwarded import client_of
 from dockermirror.web.homepage import choose_language, render_homepage
 from dockermirror.web.requests import (
     header,
@@ -54,13 +57,16 @@ class MirrorApp:
     # werkzeug answers "//" in a path with a redirect that Klein turns into a 500.
     app.url_map.merge_slashes = False
 
-    def __init__(self, config: MirrorConfig, registry: Registry, issuer: TokenIssuer) -> None:
+    def __init__(
+        self, config: MirrorConfig, registry: Registry, policy: AccessPolicy, issuer: TokenIssuer
+    ) -> None:
         self._config = config
         self._registry = registry
+        self._policy = policy
         self._issuer = issuer
 
     def resource(self) -> IResource:
-        return _Checked(self.app.resource())
+        return _Checked(self.app.resource(), self._policy)
 
     @app.route("/", methods=["GET", "HEAD"])
     def home(self, request: MirrorRequest) -> bytes:
@@ -71,30 +77,65 @@ class MirrorApp:
             self._config,
             self._config.registry_for_host(strip_port(client_host.lower())),
             client_host,
-            "https" if request.isSecure() else "http",
+            request.scheme,
             choose_language(header(request, b"accept-language")),
         )
 
     @app.route("/v2", methods=["GET", "HEAD"])
     @app.route("/v2/", methods=["GET", "HEAD"])
-    def base(self, request: MirrorRequest) -> bytes:
+    async def base(self, request: MirrorRequest) -> bytes:
         _api_headers(request)
-        self._check_token(request)
+        identity = await self._identify(request)
+        if self._policy.login_enabled and identity == ANONYMOUS:
+            # What `docker login` asks first: a 401 makes it send the credentials to check.
+            raise RegistryError(UNAUTHORIZED, message="log in to use this mirror")
         request.setHeader(b"content-type", b"application/json")
         return b"{}"
 
-    @app.route("/v2/auth", methods=["GET"])
-    def auth(self, request: MirrorRequest) -> bytes:
+    @app.route("/v2/auth", methods=["GET", "POST"])
+    async def auth(self, request: MirrorRequest) -> bytes:
+        """A token for the scopes asked for, as far as the policy grants them.
+
+        GET with optional Basic credentials (Docker, skopeo, podman), or POST of
+        an OAuth2 password grant form (containerd).
+        """
         _api_headers(request)
-        client_host, ns = host(request), query_value(request, "ns")
-        # Clients send one scope per parameter; some put several in one, space-separated.
-        scopes = [s for v in query_values(request, "scope") for s in v.split(" ") if s]
-        token = self._issuer.issue(
-            scopes, lambda name: route_request(self._config, client_host, name, ns).label
-        )
+        if request.method == b"POST":
+            form = _form(request)
+            if form.get("grant_type") != "password":
+                raise RegistryError(
+                    UNSUPPORTED, status=400, message="only the password grant is supported"
+                )
+            identity = await self._policy.login(form.get("username", ""), form.get("password", ""))
+            requested = form.get("scope", "")
+        else:
+            identity = await self._identify(request)
+            requested = " ".join(query_values(request, "scope"))
+        auth = self._config.policy.auth
+        if self._policy.login_enabled and identity.user is None and not auth.anonymous:
+            raise RegistryError(UNAUTHORIZED, message="log in to use this mirror")
+        request.account = identity.user
+        token = self._issuer.issue(identity.user, self._grants(request, identity, requested))
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
         return json.dumps(token).encode()
+
+    def _grants(
+        self, request: MirrorRequest, identity: Identity, requested: str
+    ) -> list[tuple[str, bool]]:
+        client_host, ns = host(request), query_value(request, "ns")
+        grants = []
+        # Clients send one scope per parameter; some put several in one, space-separated.
+        for scope in requested.split(" "):
+            parsed = parse_scope(scope) if scope else None
+            if parsed is None or parsed[0] != "repository":
+                continue
+            _, name, actions = parsed
+            target = route_request(self._config, client_host, name, ns)
+            # A mirror is read-only: pull is all it can grant.
+            granted = "pull" in actions and self._policy.may_pull(identity, target)
+            grants.append((target.label, granted))
+        return grants
 
     @app.route("/v2/<path:rest>", methods=ALL_METHODS)
     async def api(self, request: MirrorRequest, rest: str) -> bytes | IResource:
@@ -106,9 +147,10 @@ class MirrorApp:
         path = parse_api_path(rest)
         if path.endpoint in (Endpoint.UPLOAD, Endpoint.CATALOG):
             raise RegistryError(UNSUPPORTED, {"endpoint": path.endpoint.value})
-        self._check_token(request)
+        identity = await self._identify(request)
         target = route_request(self._config, host(request), path.name, query_value(request, "ns"))
         request.route = target.label
+        self._policy.check_pull(identity, target)
         head = request.method == b"HEAD"
         if path.endpoint is Endpoint.MANIFEST:
             reference = validate_reference(path.reference)
@@ -128,11 +170,10 @@ class MirrorApp:
         )
         return render_tags(request, page, target)
 
-    def _check_token(self, request: MirrorRequest) -> None:
-        """A Bearer token, if sent, must be one of ours and current (the mirror asks none yet)."""
-        scheme, _, token = (header(request, b"authorization") or "").partition(" ")
-        if scheme.lower() == "bearer" and self._issuer.verify(token.strip()) is None:
-            raise RegistryError(UNAUTHORIZED, message="invalid or expired token")
+    async def _identify(self, request: MirrorRequest) -> Identity:
+        identity = await self._policy.identify(header(request, b"authorization"))
+        request.account = identity.user
+        return identity
 
     @app.handle_errors(RegistryError)
     def registry_error(self, request: IRequest, failure: Failure) -> bytes:
@@ -185,26 +226,48 @@ class _Checked(Resource):
 
     isLeaf = True
 
-    def __init__(self, app: IResource) -> None:
+    def __init__(self, app: IResource, policy: AccessPolicy) -> None:
         super().__init__()
         self._app = app
+        self._policy = policy
 
     def render(self, request: IRequest) -> bytes | int:
+        error = self._refusal(request)
+        if error is not None:
+            return render_error(request, error)
+        rendered: bytes | int = self._app.render(request)
+        return rendered
+
+    def _refusal(self, request: IRequest) -> RegistryError | None:
+        client = client_of(request, self._policy.settings.access.trusted_proxies)
+        if isinstance(request, MirrorRequest):
+            request.client, request.scheme = client.address, client.scheme
+        try:
+            self._policy.check_address(client.address)
+        except RegistryError as error:
+            return error
         try:
             unquote_to_bytes(request.path).decode("utf-8")
         except UnicodeDecodeError:
-            error = RegistryError(NAME_INVALID, message="the path is not UTF-8")
-            return render_error(request, error)
+            return RegistryError(NAME_INVALID, message="the path is not UTF-8")
         client_host = host(request)
         if client_host and not valid_host(client_host):
-            error = RegistryError(
+            return RegistryError(
                 UNSUPPORTED,
                 status=400,
                 message="the Host header is not a host name or address with an optional port",
             )
-            return render_error(request, error)
-        rendered: bytes | int = self._app.render(request)
-        return rendered
+        return None
+
+
+def _form(request: MirrorRequest) -> dict[str, str]:
+    """A small urlencoded form body (the channel refuses large ones before they are read)."""
+    body = request.content.read() if request.content is not None else b""
+    try:
+        fields = parse_qs(body.decode("utf-8"), keep_blank_values=True)
+    except UnicodeDecodeError:
+        raise RegistryError(UNSUPPORTED, status=400, message="the form is not UTF-8") from None
+    return {key: values[0] for key, values in fields.items()}
 
 
 def _api_headers(request: MirrorRequest) -> None:

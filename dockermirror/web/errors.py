@@ -24,6 +24,8 @@ def render_error(request: IRequest, error: RegistryError) -> bytes:
         challenge = (
             f"Bearer realm={_quoted(base_url(request) + '/v2/auth')},service={_quoted(SERVICE)}"
         )
+        if error.scope is not None:
+            challenge += f",scope={_quoted(error.scope)}"
         request.responseHeaders.setRawHeaders(b"www-authenticate", [challenge.encode()])
     if error.status == 405:
         request.responseHeaders.setRawHeaders(b"allow", [_ALLOW])

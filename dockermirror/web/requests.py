@@ -49,7 +49,8 @@ def valid_host(value: str) -> bool:
 
 def base_url(request: IRequest) -> str:
     """The mirror's own URL as this client reaches it."""
-    return f"{'https' if request.isSecure() else 'http'}://{host(request)}"
+    scheme = getattr(request, "scheme", None) or ("https" if request.isSecure() else "http")
+    return f"{scheme}://{host(request)}"
 
 
 def query_values(request: IRequest, key: str) -> list[str]:

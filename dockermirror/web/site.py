@@ -29,6 +29,9 @@ class MirrorRequest(Request):
     account: str | None = None
     # How the cache answered (HIT, MISS, ...).
     cache: str | None = None
+    # The client's address and scheme, through trusted proxies (set before the app runs).
+    client: str | None = None
+    scheme: str = "http"
 
     def gotLength(self, length: int | None) -> None:
         # In memory whatever the length: the channel refuses a body over a few KiB before
@@ -89,7 +92,7 @@ class MirrorSite(Site):
         log.info(
             "{client} {method} {path} -> {status} {outcome} ({bytes} bytes, {duration:.3f}s)"
             " route={route} user={user} cache={cache}",
-            client=getattr(request.getClientAddress(), "host", "-"),
+            client=request.client or getattr(request.getClientAddress(), "host", "-"),
             method=request.method.decode("ascii", "replace"),
             path=request.path.decode("utf-8", "replace"),
             # 499, as nginx logs it: the client left before any answer was sent.

@@ -1,0 +1,1 @@
+"""Who may pull what, from where, and how much: checked between routing and the registry."""

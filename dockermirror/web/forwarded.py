@@ -1,0 +1,81 @@
+"""Who the client is behind a reverse proxy, from trusted proxies only.
+
+Headers that name a client address or scheme are believed only when the
+connection comes from a configured proxy; from anywhere else they are what
+they are, a client's claim, and ignored.  Of a chain of addresses the
+rightmost one that is not itself a trusted proxy is the client: the ones to
+its left were written by the client.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+
+import attrs
+from twisted.web.iweb import IRequest
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@attrs.frozen
+class Client:
+    address: str | None  # None: a unix socket's peer
+    scheme: str  # "http" or "https", as the client reached the mirror
+
+
+def client_of(request: IRequest, trusted: Sequence[Network]) -> Client:
+    peer = getattr(request.getClientAddress(), "host", None)
+    scheme = "https" if request.isSecure() else "http"
+    if peer is None or not _within(peer, trusted):
+        return Client(peer, scheme)
+    chain, proto = _forwarded(request)
+    address = peer
+    for hop in reversed(chain):
+        address = hop
+        if not _within(hop, trusted):
+            break
+    if proto in ("http", "https"):
+        scheme = proto
+    return Client(address, scheme)
+
+
+def _forwarded(request: IRequest) -> tuple[list[str], str | None]:
+    """The address chain and the protocol, from ``Forwarded`` (RFC 7239) or ``X-Forwarded-*``."""
+    headers = request.requestHeaders
+    chain: list[str] = []
+    proto: str | None = None
+    for value in headers.getRawHeaders(b"forwarded", []):
+        for element in value.decode("latin-1").split(","):
+            for pair in element.split(";"):
+                key, _, item = pair.strip().partition("=")
+                item = item.strip().strip('"')
+                if key.lower() == "for":
+                    chain.append(_bare(item))
+                elif key.lower() == "proto":
+                    proto = item.lower()
+    if chain or proto:
+        return chain, proto
+    for value in headers.getRawHeaders(b"x-forwarded-for", []):
+        chain.extend(_bare(v.strip()) for v in value.decode("latin-1").split(",") if v.strip())
+    protos = headers.getRawHeaders(b"x-forwarded-proto", [])
+    if protos:
+        proto = protos[-1].decode("latin-1").split(",")[-1].strip().lower()
+    return chain, proto
+
+
+def _bare(item: str) -> str:
+    """``[2001:db8::1]:4711`` or ``192.0.2.1:4711`` -> the address alone."""
+    if item.startswith("["):
+        return item[1:].partition("]")[0]
+    if item.count(":") == 1:
+        return item.partition(":")[0]
+    return item
+
+
+def _within(address: str, networks: Sequence[Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address.partition("%")[0])
+    except ValueError:
+        return False
+    return any(ip in net for net in networks)
