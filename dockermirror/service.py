@@ -22,6 +22,7 @@ from dockermirror.auth.keys import TokenKeyError, load_or_create_key
 from dockermirror.auth.tokens import TokenIssuer
 from dockermirror.config import MirrorConfig, default_state_dir
 from dockermirror.policy.access import AccessPolicy
+from dockermirror.policy.limits import RateLimiter
 from dockermirror.registry.caching import CachingRegistry
 from dockermirror.registry.model import Registry
 from dockermirror.registry.upstream import UpstreamRegistry
@@ -180,7 +181,8 @@ def build_app(
     issuer = TokenIssuer(
         reactor, token_key or secrets.token_bytes(32), config.policy.auth.token_lifetime
     )
-    return MirrorApp(config, registry, AccessPolicy(config.policy, users, issuer), issuer)
+    policy = AccessPolicy(config.policy, users, issuer)
+    return MirrorApp(config, registry, policy, issuer, RateLimiter(reactor, config.policy))
 
 
 def build_site(

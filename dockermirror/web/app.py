@@ -29,6 +29,7 @@ from dockermirror.errors import (
     RegistryError,
 )
 from dockermirror.policy.access import ANONYMOUS, AccessPolicy, Identity
+from dockermirror.policy.limits import RateLimiter
 from dockermirror.reference import Endpoint, parse_api_path, validate_digest, validate_reference
 from dockermirror.registry.model import Registry
 from dockermirror.routing import route_request
@@ -58,12 +59,18 @@ class MirrorApp:
     app.url_map.merge_slashes = False
 
     def __init__(
-        self, config: MirrorConfig, registry: Registry, policy: AccessPolicy, issuer: TokenIssuer
+        self,
+        config: MirrorConfig,
+        registry: Registry,
+        policy: AccessPolicy,
+        issuer: TokenIssuer,
+        limiter: RateLimiter,
     ) -> None:
         self._config = config
         self._registry = registry
         self._policy = policy
         self._issuer = issuer
+        self._limiter = limiter
 
     def resource(self) -> IResource:
         return _Checked(self.app.resource(), self._policy)
@@ -86,6 +93,7 @@ class MirrorApp:
     async def base(self, request: MirrorRequest) -> bytes:
         _api_headers(request)
         identity = await self._identify(request)
+        self._limit(request, identity.user)
         if self._policy.login_enabled and identity == ANONYMOUS:
             # What `docker login` asks first: a 401 makes it send the credentials to check.
             raise RegistryError(UNAUTHORIZED, message="log in to use this mirror")
@@ -100,6 +108,8 @@ class MirrorApp:
         an OAuth2 password grant form (containerd).
         """
         _api_headers(request)
+        # Counted by address before any password is checked: logins are what gets guessed.
+        self._limit(request, None)
         if request.method == b"POST":
             form = _form(request)
             if form.get("grant_type") != "password":
@@ -152,6 +162,7 @@ class MirrorApp:
         request.route = target.label
         self._policy.check_pull(identity, target)
         head = request.method == b"HEAD"
+        self._limit(request, identity.user, blob=path.endpoint is Endpoint.BLOB and not head)
         if path.endpoint is Endpoint.MANIFEST:
             reference = validate_reference(path.reference)
             accept = header_values(request, b"accept")
@@ -174,6 +185,12 @@ class MirrorApp:
         identity = await self._policy.identify(header(request, b"authorization"))
         request.account = identity.user
         return identity
+
+    def _limit(self, request: MirrorRequest, user: str | None, *, blob: bool = False) -> None:
+        """Count the request against its client's limits (429 when over one)."""
+        client = f"user {user}" if user is not None else f"address {request.client or 'local'}"
+        done = self._limiter.admit(client, self._limiter.limits_for(user), blob=blob)
+        request.notifyFinish().addBoth(lambda _: done(request.sentLength))
 
     @app.handle_errors(RegistryError)
     def registry_error(self, request: IRequest, failure: Failure) -> bytes:
