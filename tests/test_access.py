@@ -326,3 +326,20 @@ def test_well_known_registries_can_be_switched_off(registry: FakeRegistry) -> No
     assert harness.error(response) == (403, "DENIED")
     # docker.io stays: the default route names it.
     assert harness.request("GET", "/v2/redis/manifests/1", headers=ACCEPT).code == 200
+
+
+def test_no_password_token_or_authorization_reaches_the_log(
+    registry: FakeRegistry, toml: dict[str, Any], log_events: list[dict[str, object]]
+) -> None:
+    harness = Harness(registry, toml, token_key=KEY)
+    alice = token(harness, "repository:acme/private:pull", basic("alice", "wonderland"))
+    pull(harness, "acme/private", alice)
+    pull(harness, "acme/private", "forged." + alice[7:])
+    pull(harness, "acme/private", headers=basic("alice", "not-her-password"))
+    harness.request("GET", "/v2/auth?scope=repository:x:pull", headers=basic("bob", "s3cr3t!"))
+    form = b"grant_type=password&username=alice&password=oauth-secret&scope=x"
+    harness.request("POST", "/v2/auth", data=form)
+    logged = repr(log_events)
+    for secret in ("wonderland", "not-her-password", "s3cr3t!", "oauth-secret", alice[20:60]):
+        assert secret not in logged
+    assert "Basic " not in logged and "Bearer " not in logged

@@ -30,26 +30,53 @@ def test_defaults_mirror_docker_hub_on_port_5000() -> None:
     assert (config.upstream.connect_timeout, config.upstream.response_timeout) == (5.0, 10.0)
 
 
-def test_readme_example_config_loads(tmp_path: Path) -> None:
+def readme_toml(tmp_path: Path, heading: str, secrets: dict[str, str]) -> Path:
+    """The first TOML block below ``heading`` in the README, with its secret files made."""
     readme = (Path(__file__).parent.parent / "README.rst").read_text()
-    start = readme.index(".. code-block:: toml")
-    block = readme[start:].split("\n\n", 1)[1]
+    section = readme[readme.index(heading + "\n") :]
+    block = section[section.index(".. code-block:: toml") :].split("\n\n", 1)[1]
     lines = []
     for line in block.splitlines():
         if line and not line.startswith("   "):
             break
         lines.append(line[3:])
+    text = "\n".join(lines)
+    for name, content in secrets.items():
+        secret = tmp_path / Path(name).name
+        secret.write_text(content)
+        text = text.replace(name, str(secret))
     path = tmp_path / "example.toml"
-    path.write_text("\n".join(lines))
-    secret = tmp_path / "ghcr-token"
-    secret.write_text("token\n")
-    text = path.read_text().replace("/etc/dockermirror/ghcr-token", str(secret))
     path.write_text(text)
+    return path
+
+
+def test_readme_example_config_loads(tmp_path: Path) -> None:
+    path = readme_toml(tmp_path, "Configuration file", {"/etc/dockermirror/ghcr-token": "token\n"})
     config = build_config(load_toml(str(path)))
     assert config.routes["docker.example.com"] == "docker.io"
     assert config.routes["ghcr.example.com"] == "ghcr.io"
     assert config.routes["quay.example.com"] == "quay.io"
     assert config.registries["ghcr.io"].credentials == ("someone", "token")
+
+
+def test_readme_public_mirror_config_loads(tmp_path: Path) -> None:
+    path = readme_toml(
+        tmp_path, "Running a public mirror safely", {"/etc/dockermirror/hub-token": "t\n"}
+    )
+    config = build_config(load_toml(str(path)))
+    assert config.ports[0].startswith("ssl:443:")
+    assert config.routes == {"mirror.example.com": "docker.io"}
+    assert set(config.registries) == {"docker.io"}  # nothing by prefix but what is named
+    hub = config.registries["docker.io"]
+    assert hub.credentials == ("example", "t") and not hub.by_prefix
+    assert not hub.repositories.matches("someone/xmrig-miner")
+    assert hub.repositories.matches("library/redis")
+    policy = config.policy
+    assert policy.auth.enabled
+    assert policy.auth.anonymous_pull.matches("docker.io/library/redis")
+    assert not policy.auth.anonymous_pull.matches("docker.io/someone/app")
+    assert policy.users["ci"].limits == Limits()
+    assert policy.limits == Limits(20.0, 200.0, 50e6, 8)
 
 
 def test_command_line_overrides_toml() -> None:
