@@ -168,18 +168,23 @@ def registry_config(name: str, url: str, extra: str = "", *, via_cdn: bool = Fal
 
 
 def start_mirror(
-    root: Path, twistd: str, config: str, cache: Path | None = None, server: str = ""
+    root: Path,
+    twistd: str,
+    config: str,
+    cache: Path | None = None,
+    server: str = "",
+    endpoint: str = "tcp:{port}:interface=127.0.0.1",
 ) -> Mirror:
     """``twistd -n dockermirror`` with ``config`` (TOML without [server] and [cache] dir).
 
-    ``server``: more ``[server]`` keys, as TOML lines.
+    ``server``: more ``[server]`` keys, as TOML lines; ``endpoint``: where it listens, with
+    ``{port}`` for a free loopback port.
     """
     port = free_port()
     cache = cache or root / "cache"
     path = root / f"dockermirror-{port}.toml"
-    path.write_text(
-        f'[server]\nports = ["tcp:{port}:interface=127.0.0.1"]\n{server}\n\n{config}\n'
-    )
+    listen = endpoint.format(port=port)
+    path.write_text(f'[server]\nports = ["{listen}"]\n{server}\n\n{config}\n')
     peer = Peer(
         "mirror",
         [
