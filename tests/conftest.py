@@ -9,6 +9,7 @@ skopeo, podman and containerd synchronously.
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,6 +32,18 @@ from tests.support.peers import (
 
 HERE = Path(__file__).parent
 BIG_LAYER = 256 * 1024 * 1024
+
+
+@pytest.fixture(scope="session", autouse=True)
+def state_directory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Mirrors built in the test process keep their token key here, not in ~/.local/state."""
+    previous = os.environ.get("STATE_DIRECTORY")
+    os.environ["STATE_DIRECTORY"] = str(tmp_path_factory.mktemp("state"))
+    yield
+    if previous is None:
+        del os.environ["STATE_DIRECTORY"]
+    else:
+        os.environ["STATE_DIRECTORY"] = previous
 
 
 @pytest.fixture

@@ -343,3 +343,11 @@ def test_no_password_token_or_authorization_reaches_the_log(
     for secret in ("wonderland", "not-her-password", "s3cr3t!", "oauth-secret", alice[20:60]):
         assert secret not in logged
     assert "Basic " not in logged and "Bearer " not in logged
+
+
+def test_the_realm_carries_ns_for_containerd(registry: FakeRegistry, toml: dict[str, Any]) -> None:
+    """containerd asks the realm without the ?ns= of its registry requests."""
+    harness = Harness(registry, toml, token_key=KEY)
+    response = harness.request("GET", "/v2/acme/private/manifests/1?ns=docker.io", headers=ACCEPT)
+    challenge = response.headers.getRawHeaders("www-authenticate")[0]
+    assert challenge.startswith('Bearer realm="http://mirror.test/v2/auth?ns=docker.io"')

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from http import HTTPStatus
+from urllib.parse import quote
 
 from twisted.web.iweb import IRequest
 
 from dockermirror.auth.tokens import SERVICE
 from dockermirror.errors import UNAUTHORIZED, RegistryError
-from dockermirror.web.requests import base_url
+from dockermirror.web.requests import base_url, query_value
 
 # The mirror is read-only: these are all it ever allows (the Allow header of every 405).
 _ALLOW = b"GET, HEAD"
@@ -21,9 +22,13 @@ def render_error(request: IRequest, error: RegistryError) -> bytes:
     request.responseHeaders.removeHeader(b"content-length")
     if error.code is UNAUTHORIZED:
         # Every challenge points at the mirror's own token endpoint, never at an upstream's.
-        challenge = (
-            f"Bearer realm={_quoted(base_url(request) + '/v2/auth')},service={_quoted(SERVICE)}"
-        )
+        realm = base_url(request) + "/v2/auth"
+        ns = query_value(request, "ns")
+        if ns:
+            # containerd asks the realm as given, without the ?ns= of its registry requests:
+            # the realm carries it, so that scopes are routed to the same registry.
+            realm += "?ns=" + quote(ns, safe="")
+        challenge = f"Bearer realm={_quoted(realm)},service={_quoted(SERVICE)}"
         if error.scope is not None:
             challenge += f",scope={_quoted(error.scope)}"
         request.responseHeaders.setRawHeaders(b"www-authenticate", [challenge.encode()])

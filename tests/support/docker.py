@@ -239,6 +239,7 @@ url = "{upstream.url}"
 url = "{upstream.url}"
 username = "mirror"
 password_file = "{secret}"
+by_prefix = true
 """
 
 
@@ -271,9 +272,12 @@ class Docker:
         return [require("docker"), "--host", self.host, *args]
 
     def __call__(
-        self, *args: str, check: bool = True, timeout: float = 600
+        self, *args: str, check: bool = True, timeout: float = 600, input: str | None = None
     ) -> subprocess.CompletedProcess[str]:
-        """Run the docker CLI (in the namespace); a failure shows dockerd's log."""
+        """Run the docker CLI (in the namespace); a failure shows dockerd's log.
+
+        ``input``: the CLI's standard input (``docker login --password-stdin``).
+        """
         result = self.namespace.run(
             subprocess.run,
             self.command(*args),
@@ -281,6 +285,7 @@ class Docker:
             text=True,
             timeout=timeout,
             env=docker_env(self.root / "cli"),
+            input=input,
         )
         if check and result.returncode != 0:
             raise AssertionError(
@@ -340,8 +345,14 @@ class Docker:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def start_docker(images: dict[str, Image]) -> Docker:
-    """Start the namespace and its peers; the upstream is seeded with ``images``."""
+def start_docker(
+    images: dict[str, Image], config: Callable[[Upstream, Path], str] | None = None
+) -> Docker:
+    """Start the namespace and its peers; the upstream is seeded with ``images``.
+
+    ``config``: the mirror's configuration, made from the upstream and the mirror's own
+    directory (where it may write files such as an htpasswd); by default ``mirror_config``.
+    """
     # A missing peer fails the test (never skips it), before anything starts.
     names = ("docker-registry", "twistd", "containerd", "dockerd", "docker", "ip", "unshare")
     tools = {name: require(name) for name in names}
@@ -361,8 +372,11 @@ def start_docker(images: dict[str, Image]) -> Docker:
         )
         started.append(upstream.stop)
         (root / "mirror").mkdir()
-        config = mirror_config(upstream, root / "mirror" / "password")
-        mirror = namespace.run(start_mirror, root / "mirror", tools["twistd"], config)
+        if config is None:
+            text = mirror_config(upstream, root / "mirror" / "password")
+        else:
+            text = config(upstream, root / "mirror")
+        mirror = namespace.run(start_mirror, root / "mirror", tools["twistd"], text)
         started.append(mirror.stop)
         (root / "containerd").mkdir()
         containerd, address = namespace.run(start_containerd, root / "containerd")

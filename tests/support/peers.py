@@ -199,6 +199,7 @@ def start_mirror(
         ],
         ("127.0.0.1", port),
         root / f"mirror-{port}.log",
-        env={"PYTHONPATH": str(ROOT)},
+        # Its token key goes to the test's directory, not the machine's ~/.local/state.
+        env={"PYTHONPATH": str(ROOT), "STATE_DIRECTORY": str(root / f"state-{port}")},
     )
     return Mirror(port, peer, cache)
