@@ -424,3 +424,33 @@ def test_an_upstream_404_for_a_cached_tag_drops_it(cached: Callable[..., Harness
     response, body = get(harness, "/v2/redis/manifests/7")
     assert (response.code, outcome(response), body) == (200, "MISS", manifests.body)
     assert registry.paths("GET")[before:] == [TAG_PATH]
+
+
+def test_fills_with_no_client_left_are_bounded_in_number(
+    cached: Callable[..., Harness],
+) -> None:
+    """A client that asks for many blobs and hangs up cannot leave a download behind for each."""
+    registry = FakeRegistry()
+    blobs = [blob(n) for n in range(fills.DETACHED_FILLS + 3)]
+    upstreams = [
+        HeldBlob(registry, f"/v2/library/redis/blobs/{digest_of(data)}", data, SIZE // 2)
+        for data in blobs
+    ]
+    harness = cached(registry)
+    for data in blobs:
+        client = RawClient(harness, f"/v2/redis/blobs/{digest_of(data)}")
+        client.read()
+        client.leave()
+        harness.settle()
+    going_on = [u for u in upstreams if not u.closed]
+    assert len(going_on) == fills.DETACHED_FILLS
+    # Once one ends, its place is free for the next.
+    going_on[0].release()
+    harness.settle()
+    extra = blob(200)
+    upstream = HeldBlob(registry, f"/v2/library/redis/blobs/{digest_of(extra)}", extra, SIZE // 2)
+    client = RawClient(harness, f"/v2/redis/blobs/{digest_of(extra)}")
+    client.read()
+    client.leave()
+    harness.settle()
+    assert upstream.closed == []

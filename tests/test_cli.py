@@ -14,6 +14,7 @@ import json
 import os
 import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -236,3 +237,24 @@ def test_a_blob_evicted_while_it_is_checked_is_no_damage(
         index.close()
     assert out.getvalue().count("damaged") == 2  # the rotted blob's line, and the summary
     assert good not in out.getvalue()
+
+
+def test_it_runs_as_a_module_too(tmp_path: Path) -> None:
+    """``python3 -m dockermirror.cli`` is the same command (a directory that is no cache: 2)."""
+    (tmp_path / "foreign").write_text("not the mirror's")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dockermirror.cli",
+            "cache",
+            "verify",
+            "--cache-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert (tmp_path / "foreign").read_text() == "not the mirror's"

@@ -394,6 +394,19 @@ def test_a_pipelined_request_is_timed_as_any_other(
     assert client.aborted
 
 
+def test_a_pipelined_request_after_a_quick_answer_is_not_cut_idle(
+    clock: Clock, site: MirrorSite, recorder: Recorder
+) -> None:
+    """The first answer ends within the packet; the second is a long one: no idle timeout."""
+    client = Connection(site)
+    client.send(b"GET /v2/ HTTP/1.1\r\n\r\nGET /slow HTTP/1.1\r\n\r\n")
+    (second,) = recorder.pending
+    clock.advance(IDLE_TIMEOUT * 2)
+    assert not client.closing and not client.aborted
+    second.finish()
+    assert client.transport.value().count(b"HTTP/1.1 200 OK") == 2
+
+
 def test_build_site_takes_the_server_settings(log_events: list[dict[str, object]]) -> None:
     harness = Harness(FakeRegistry(), {"server": {"header_timeout": 5}})
     address = IPv4Address("TCP", "192.0.2.9", 40000)

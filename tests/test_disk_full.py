@@ -28,7 +28,7 @@ from zope.interface import implementer
 
 from dockermirror.reference import digest_of
 from dockermirror.registry import fills
-from dockermirror.registry.fills import Fill
+from dockermirror.registry.fills import DetachedSlots, Fill
 from dockermirror.registry.model import ByteRange
 from dockermirror.registry.streams import CHUNK, FileStream
 from dockermirror.storage import filesystem
@@ -246,7 +246,9 @@ def failing_fill(
         return real_write(data)
 
     monkeypatch.setattr(writer._file, "write", write)
-    fill = Fill(writer, BIG_DIGEST, Scope("u", "r"), len(BIG), detached_max, clock)
+    fill = Fill(
+        writer, BIG_DIGEST, Scope("u", "r"), len(BIG), detached_max, clock, DetachedSlots(16)
+    )
     upstream = Upstream()
     fill.start(upstream)
     return clock, fill, upstream

@@ -181,7 +181,12 @@ def test_any_query(
 
 
 header_text = st.text(alphabet=st.characters(max_codepoint=255), max_size=30)
-number = st.one_of(st.integers(min_value=0, max_value=2**70).map(str), header_text)
+# Up to past Python's 4300-digit int() limit.
+number = st.one_of(
+    st.integers(min_value=0, max_value=2**70).map(str),
+    st.integers(min_value=1, max_value=6000).map(lambda n: "9" * n),
+    header_text,
+)
 range_text = st.one_of(
     st.builds(lambda a, b: f"bytes={a}-{b}", number, number),
     st.builds(lambda a: f"bytes=-{a}", number),
@@ -222,3 +227,14 @@ def test_any_range(
 )
 def test_valid_host(value: str, valid: bool) -> None:
     assert valid_host(value) is valid
+
+
+@pytest.mark.parametrize(
+    "value", ["bytes=0-" + "9" * 5000, "bytes=" + "9" * 5000 + "-", "bytes=-" + "9" * 5000]
+)
+def test_ranges_past_python_int_limit(
+    harness: Harness, errors: list[dict[str, object]], value: str
+) -> None:
+    url = f"/v2/redis/blobs/{BLOB_DIGEST}"
+    response = answered(harness, errors, "GET", url, headers={"Range": [value]})
+    assert response.code in (200, 206, 416)

@@ -346,3 +346,102 @@ def test_redirects_to_ipv6_hosts_are_followed(location: str) -> None:
     response = harness.request("GET", f"/v2/redis/blobs/{BLOB_DIGEST}")
     assert response.code == 200
     assert harness.body(response) == BLOB
+
+
+def test_a_redirect_targets_challenge_gets_no_credentials(
+    observe_errors: list[object],
+) -> None:
+    registry = FakeRegistry()
+
+    def moved(request: Request) -> bytes:
+        request.setResponseCode(307)
+        request.setHeader(b"location", b"http://cdn.test/data/blob")
+        return b""
+
+    registry.handlers[f"/v2/library/redis/blobs/{BLOB_DIGEST}"] = challenged(
+        "http://upstream.test/token", then=moved
+    )
+    registry.handlers["/data/blob"] = challenged("http://cdn.test/steal", then=None)
+    registry.handlers["/steal"] = token
+    registry.token_handler = token
+    registry.handlers["/v2/library/redis/manifests/7"] = challenged("http://upstream.test/token")
+    toml = {"registries": {"docker.io": {"url": "http://upstream.test", **CREDENTIALS}}}
+    harness = Harness(registry, toml)
+    # The registry's own challenge first, so that the blob request goes with its token.
+    assert harness.request("GET", "/v2/redis/manifests/7", headers=CLIENT).code == 200
+    response = harness.request("GET", f"/v2/redis/blobs/{BLOB_DIGEST}")
+    assert harness.error(response) == (403, "DENIED")
+    assert received(registry, "/steal") == []
+    # ...nor is the redirect target's challenge remembered for the next request.
+    assert harness.request("GET", "/v2/redis/manifests/7", headers=CLIENT).code == 200
+    assert received(registry, "/steal") == []
+
+
+def test_credentials_never_go_to_a_plain_http_realm_of_an_https_registry() -> None:
+    registry = FakeRegistry()
+    registry.handlers["/v2/library/redis/manifests/7"] = challenged("http://upstream.test/token")
+    registry.token_handler = token
+    toml = {"registries": {"docker.io": {"url": "https://upstream.test", **CREDENTIALS}}}
+    harness = Harness(registry, toml)
+    response = harness.request("GET", "/v2/redis/manifests/7", headers=CLIENT)
+    assert harness.error(response) == (502, "UNAVAILABLE")
+    assert received(registry, "/token") == []
+
+
+@pytest.mark.parametrize("length", ["\u00b2", "9" * 5000, "-1", "1e3"])
+def test_an_odd_content_length_on_a_head_is_no_500(
+    length: str, observe_errors: list[object]
+) -> None:
+    registry = FakeRegistry()
+
+    def head(request: Request) -> bytes:
+        request.setHeader(b"content-type", b"application/x-m")
+        request.setHeader(b"docker-content-digest", BLOB_DIGEST.encode())
+        request.responseHeaders.setRawHeaders(b"content-length", [length.encode()])
+        return b""
+
+    registry.handlers["/v2/library/redis/manifests/7"] = head
+    registry.handlers[f"/v2/library/redis/blobs/{BLOB_DIGEST}"] = head
+    harness = Harness(registry)
+    for path in ("/v2/redis/manifests/7", f"/v2/redis/blobs/{BLOB_DIGEST}"):
+        response = harness.request("HEAD", path, headers=CLIENT)
+        assert response.code != 500
+
+
+def test_a_content_range_past_int_limits_is_a_502(observe_errors: list[object]) -> None:
+    registry = FakeRegistry()
+
+    def partial(request: Request) -> bytes:
+        request.setResponseCode(206)
+        request.setHeader(b"content-range", b"bytes 0-9/" + b"9" * 5000)
+        return BLOB[:10]
+
+    registry.handlers[f"/v2/library/redis/blobs/{BLOB_DIGEST}"] = partial
+    harness = Harness(registry)
+    headers = {"Range": ["bytes=0-9"]}
+    response = harness.request("GET", f"/v2/redis/blobs/{BLOB_DIGEST}", headers=headers)
+    assert harness.error(response) == (502, "UNAVAILABLE")
+
+
+def test_a_head_with_an_invalid_digest_is_a_502(observe_errors: list[object]) -> None:
+    registry = FakeRegistry()
+
+    def head(request: Request) -> bytes:
+        request.setHeader(b"content-type", b"application/x-m")
+        request.setHeader(b"docker-content-digest", b"../../../etc/passwd")
+        return MANIFEST
+
+    registry.handlers["/v2/library/redis/manifests/7"] = head
+    harness = Harness(registry)
+    response = harness.request("HEAD", "/v2/redis/manifests/7", headers=CLIENT)
+    assert response.code == 502
+
+
+def test_a_tag_list_past_the_bound_is_a_502(observe_errors: list[object]) -> None:
+    registry = FakeRegistry()
+    registry.handlers["/v2/library/redis/tags/list"] = lambda request: json.dumps(
+        {"name": "library/redis", "tags": ["0"] * (1024 * 1024)}
+    ).encode()
+    harness = Harness(registry)
+    response = harness.request("GET", "/v2/redis/tags/list")
+    assert harness.error(response)[0] == 502

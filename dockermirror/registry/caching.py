@@ -35,7 +35,7 @@ from dockermirror.coalesce import Coalescer
 from dockermirror.config import CacheSettings, Registry
 from dockermirror.errors import RegistryError
 from dockermirror.reference import is_digest
-from dockermirror.registry.fills import Fill
+from dockermirror.registry.fills import DETACHED_FILLS, DetachedSlots, Fill
 from dockermirror.registry.mediatypes import ALL_MANIFESTS, OCTET_STREAM, acceptable
 from dockermirror.registry.model import (
     BlobBody,
@@ -89,6 +89,7 @@ class CachingRegistry:
         self._settings = settings
         self._idle_timeout = idle_timeout
         self._fills: dict[tuple[str, str], Fill] = {}
+        self._detached = DetachedSlots(DETACHED_FILLS)
         # Tags a HEAD resolved to a manifest not stored yet, by scope and digest: bound when
         # a GET by that digest stores the manifest.
         self._resolved: dict[tuple[Scope, str], set[str]] = {}
@@ -283,7 +284,13 @@ class CachingRegistry:
         except OSError:
             return self._unstored(body)
         fill = Fill(
-            writer, source.digest, scope, size, self._settings.detached_fill_max, self._clock
+            writer,
+            source.digest,
+            scope,
+            size,
+            self._settings.detached_fill_max,
+            self._clock,
+            self._detached,
         )
         self._fills[(scope.upstream, source.digest)] = fill
         fill.when_ended(self._fill_ended)

@@ -43,10 +43,35 @@ NOTIFY_EVERY = 512 * 1024
 NOTIFY_SECONDS = 1.0
 # Streaming through after a storage failure: the upstream pauses while this much waits in memory.
 THROUGH_BUFFER = 1024 * 1024
+# Fills that go on with no client at once (see DetachedSlots).
+DETACHED_FILLS = 16
 
 
 class FillFailed(Exception):
     pass
+
+
+class DetachedSlots:
+    """How many fills may go on with no client at once.
+
+    A fill whose clients left goes on to fill the cache; without a bound, a
+    client that asks for many blobs and hangs up at once would start as many
+    downloads, each holding a file and an upstream connection, past every
+    connection cap.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.taken = 0
+
+    def take(self) -> bool:
+        if self.taken >= self.limit:
+            return False
+        self.taken += 1
+        return True
+
+    def give(self) -> None:
+        self.taken -= 1
 
 
 @implementer(IConsumer)
@@ -63,6 +88,7 @@ class Fill:
         size: int,
         detached_max: int,
         clock: IReactorTime,
+        slots: DetachedSlots,
     ) -> None:
         self.digest = digest
         self.scope = scope
@@ -72,6 +98,8 @@ class Fill:
         self.written = 0
         self._writer = writer
         self._detached_max = detached_max
+        self._slots = slots
+        self._detached = False  # holding one of the slots
         self._clock = clock
         self._announced = 0
         self._announced_at = clock.seconds()
@@ -118,6 +146,7 @@ class Fill:
 
     def reader_joined(self, reader: Hashable, position: int) -> None:
         self._readers[reader] = position
+        self._attached()
 
     def reader_moved(self, reader: Hashable, position: int) -> None:
         self._readers[reader] = position
@@ -145,6 +174,17 @@ class Fill:
             self._abort("no client left, and the blob cannot be stored")
         elif self.size > self._detached_max:
             self._abort(f"no client left and the blob is larger than {self._detached_max} bytes")
+        elif not self._detached:
+            if not self._slots.take():
+                self._abort(f"no client left and {self._slots.limit} such downloads go on")
+                return
+            self._detached = True
+
+    def _attached(self) -> None:
+        """A client follows the fill again, or it ended: it gives its slot back."""
+        if self._detached:
+            self._detached = False
+            self._slots.give()
 
     # IConsumer: the upstream stream writes here.  It is paused only when streaming through.
 
@@ -217,6 +257,7 @@ class Fill:
             self._fail(f"upstream sent {self.written} of {self.size} bytes")
             return
         self.state = self.COMPLETE
+        self._attached()
         self._notify()
         if self.on_disk is None:
             self._writer.commit().addBoth(lambda _: self._end())
@@ -237,6 +278,7 @@ class Fill:
 
     def _fail(self, problem: str) -> None:
         self.state, self.problem = self.FAILED, problem
+        self._attached()
         log.warn("cache fill of {digest} failed: {problem}", digest=self.digest, problem=problem)
         self._writer.discard()
         self._held = bytearray()

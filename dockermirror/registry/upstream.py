@@ -43,9 +43,11 @@ from dockermirror.upstream.client import UpstreamClient
 from dockermirror.upstream.errors import failure_of, upstream_error
 from dockermirror.upstream.response import UpstreamResponse
 
-# Tag lists are not paginated by every registry; a long one is still far below this.
-_MAX_LIST_BYTES = 16 * 1024 * 1024
-_CONTENT_RANGE = re.compile(r"bytes (?:(\d+)-(\d+)|\*)/(\d+|\*)\Z")
+# Tag lists are not paginated by every registry; a long one (tens of thousands of tags) is
+# still below this, and parsing it costs many times its size in memory.
+_MAX_LIST_BYTES = 2 * 1024 * 1024
+# ASCII digits only (\d takes any script's) and few enough for int() and any real size.
+_CONTENT_RANGE = re.compile(r"bytes (?:([0-9]{1,18})-([0-9]{1,18})|\*)/([0-9]{1,18}|\*)\Z")
 
 
 class UpstreamRegistry:
@@ -70,6 +72,8 @@ class UpstreamRegistry:
         if head:
             response.discard()
             digest = response.header("docker-content-digest") or ""
+            if digest and not is_digest(digest):
+                raise upstream_error(response.registry, 502, "an invalid Docker-Content-Digest")
             return Manifest(digest, media_type, response.length, None)
         body = await self._read(response, self._settings.max_manifest_bytes, "manifest")
         digest = _checked_digest(response, body, media_type, reference)

@@ -108,7 +108,8 @@ class UpstreamClient:
         if known is not None:
             authorization = await self._authorization(known, scope, fresh=False)
         response = await self._send(method, url, headers or {}, authorization)
-        if response.code != 401:
+        if response.code != 401 or response.redirected:
+            # (A redirect target's challenge is not the registry's: it gets no credentials.)
             return response
         challenge = _usable_challenge(response)
         if challenge is None:
@@ -167,10 +168,17 @@ class UpstreamClient:
             raise upstream_error(self.registry.name, 502, f"unusable token realm {realm!r}")
         # The query is the mirror's to build: a realm's own could ask for other scopes.
         url = url.replace(query=(), fragment="")
+        basic = _basic(self.registry.credentials)
+        if basic is not None and self.registry.url.scheme == "https" and url.scheme == "http":
+            raise upstream_error(
+                self.registry.name,
+                502,
+                "the token realm is plain http; the credentials are not sent there",
+            )
         if challenge.params.get("service"):
             url = url.add("service", quote(challenge.params["service"], safe=""))
         url = url.add("scope", quote(scope, safe=""))
-        response = await self._send(b"GET", url, {}, _basic(self.registry.credentials))
+        response = await self._send(b"GET", url, {}, basic)
         try:
             body = await response.collect(_MAX_TOKEN_BYTES)
         except BodyTooLarge:
@@ -219,6 +227,7 @@ class UpstreamClient:
                 sent[b"authorization"] = [authorization]
             response = await self._once(method, url, sent)
             if response.code not in _REDIRECT_CODES:
+                response.redirected = _origin(url) != origin
                 return response
             location = response.header("location") or ""
             response.discard()
@@ -259,8 +268,9 @@ class UpstreamClient:
                 raise CancelledError() from None  # the client went away; nobody to answer
             refused = self._resolver.refused(url.host) if self._resolver is not None else None
             if isinstance(e, netError.DNSLookupError) and refused is not None:
+                # (The address stays in the operator's log: a client learns no internal DNS.)
                 raise upstream_error(
-                    self.registry.name, 502, f"{url.host} is at {refused}, not a public address"
+                    self.registry.name, 502, f"{url.host} is not a public address"
                 ) from None
             if _failed_with(e, HeadTooLarge):
                 raise upstream_error(

@@ -7,6 +7,8 @@ read goes through :class:`~dockermirror.upstream.body.TimedBody`.
 
 from __future__ import annotations
 
+import re
+
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTime
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
@@ -14,6 +16,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 from dockermirror.config import UpstreamSettings
 from dockermirror.upstream.body import BodySink, Collector, TimedBody
 
+_LENGTH = re.compile(r"[0-9]{1,18}")
 # Small bodies nobody needs are read (so the connection can be reused) up to this size.
 _DISCARD_LIMIT = 64 * 1024
 
@@ -36,6 +39,8 @@ class UpstreamResponse:
         self._settings = settings
         # When the request went out: a small body's deadline counts from here.
         self._sent = sent
+        # Whether it came from another origin than the one asked, after redirects.
+        self.redirected = False
 
     @property
     def code(self) -> int:
@@ -56,7 +61,7 @@ class UpstreamResponse:
         if self._head:
             # Twisted keeps a HEAD's Content-Length among the headers, not in .length.
             declared = self.header("content-length") or ""
-            return int(declared) if declared.isdigit() else None
+            return int(declared) if _LENGTH.fullmatch(declared) else None
         length = self._response.length
         return None if length is UNKNOWN_LENGTH else int(length)
 

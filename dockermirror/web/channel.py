@@ -94,16 +94,21 @@ class MirrorChannel(HTTPChannel):
                 self.transport.write(_TLS_ON_PLAIN_PORT)
                 self.transport.loseConnection()
                 return
+        self._request_begins()
+        super().dataReceived(data)
+
+    def _request_begins(self) -> None:
+        """The next request on a kept-alive connection begins: its head has a deadline."""
         if self._idle is not None:
-            # The next request on a kept-alive connection begins: its head has a deadline.
             self._idle.cancel()
             self._idle = None
             self._deadline = self._clock.callLater(self._settings.header_timeout, self._too_slow)
-        super().dataReceived(data)
 
     def lineReceived(self, line: bytes) -> None:
         if not self._in_head:
             if line:  # (an empty line before a request is Twisted's to eat or refuse)
+                # A pipelined request comes from Twisted's buffer, not from dataReceived.
+                self._request_begins()
                 self._in_head = True
                 self._method, _, rest = line.partition(b" ")
                 self._log_path = rest.partition(b" ")[0].partition(b"?")[0]
@@ -156,6 +161,8 @@ class MirrorChannel(HTTPChannel):
     def requestDone(self, request: object) -> None:
         if self.persistent:
             # Armed first: Twisted goes on at once with what the client pipelined meanwhile.
+            if self._idle is not None and self._idle.active():
+                self._idle.cancel()
             self._idle = self._clock.callLater(self._settings.idle_timeout, self._idle_expired)
         super().requestDone(request)
 
