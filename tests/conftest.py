@@ -10,7 +10,9 @@ skopeo, podman and containerd synchronously.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import cast
@@ -19,12 +21,14 @@ import pytest
 from twisted.logger import ILogObserver, LogLevel, globalLogPublisher
 
 from tests.support.clients import client_env, require
+from tests.support.docker import start_containerd
 from tests.support.images import Image, build_images
 from tests.support.peers import (
     CDN_HOST,
     Front,
     Mirror,
     Upstream,
+    assert_clean_log,
     start_front,
     start_mirror,
     start_upstream,
@@ -73,6 +77,17 @@ def log_events() -> Iterator[list[dict[str, object]]]:
     globalLogPublisher.removeObserver(observer)
 
 
+@pytest.fixture(scope="module")
+def containerd() -> Iterator[str]:
+    """A private containerd (CRI off) for a module's tests; yields its socket path."""
+    # Unix socket paths are limited to 108 bytes: keep the state directory short.
+    root = Path(tempfile.mkdtemp(prefix="ctd"))
+    peer, socket_path = start_containerd(root)
+    yield socket_path
+    peer.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.fixture
 def closed_port() -> Iterator[int]:
     """A loopback port that refuses connections for the whole test (bound, never listening)."""
@@ -111,13 +126,6 @@ def front(upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Itera
     result = start_front(tmp_path_factory.mktemp("front"), upstream)
     yield result
     result.peer.stop()
-
-
-def assert_clean_log(mirror: Mirror) -> None:
-    """No traceback in the mirror's log; a failure shows the first one."""
-    log = mirror.peer.output()
-    where = log.find("Traceback")
-    assert where < 0, log[log.rfind("\n", 0, max(0, where - 200)) + 1 :][:4000]
 
 
 @pytest.fixture

@@ -130,6 +130,29 @@ def dying_handler(first_part: bytes) -> Handler:
     return handle
 
 
+class HeldBlob:
+    """An upstream blob that sends its headers and ``sent`` bytes, the rest when released."""
+
+    def __init__(self, registry: FakeRegistry, path: str, data: bytes, sent: int) -> None:
+        self.data = data
+        self.sent = sent
+        self.request: Request | None = None
+        self.closed: list[Failure | None] = []  # how the upstream connection ended, once it has
+        registry.handlers[path] = self.handle
+
+    def handle(self, request: Request) -> int:
+        request.setHeader(b"content-length", str(len(self.data)).encode())
+        request.write(self.data[: self.sent])
+        request.notifyFinish().addBoth(self.closed.append)
+        self.request = request
+        return NOT_DONE_YET
+
+    def release(self) -> None:
+        assert self.request is not None
+        self.request.write(self.data[self.sent :])
+        self.request.finish()
+
+
 class Harness:
     """The mirror, in memory, with docker.io pointed at a fake registry."""
 

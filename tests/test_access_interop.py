@@ -23,15 +23,15 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import bcrypt
 import pytest
 
-from tests.conftest import assert_clean_log
-from tests.support.clients import fetch, require, skopeo
-from tests.support.docker import Docker, start_containerd, start_docker
+from tests.support.clients import fetch, mirror_registries_conf, require, skopeo
+from tests.support.docker import Docker, running_docker
 from tests.support.images import Image, Pusher, single_image
-from tests.support.peers import Mirror, Upstream, start_mirror
+from tests.support.peers import Mirror, Upstream, assert_clean_log, start_mirror
 
 PASSWORDS = {"alice": "wonderland", "bob": "builder"}
 # Alice may pull anything (auth.user_pull's default); bob only docker.io/bitnami/*.
@@ -375,17 +375,7 @@ def test_podman_login_then_pull_and_anonymous_library_pull(
     assert "unauthorized" in refused.stderr.lower(), refused.stderr
 
     authfile = tmp_path / "podman-auth.json"
-    login = podman(
-        "login",
-        "--tls-verify=false",
-        "--authfile",
-        str(authfile),
-        "--username",
-        "alice",
-        "--password-stdin",
-        mirror.address,
-        input=PASSWORDS["alice"] + "\n",
-    )
+    login = podman_login(podman, authfile, mirror)
     assert login.returncode == 0, login.stderr
     assert mirror.address in saved_auths(authfile)
     pulled = podman(*pull, "--authfile", str(authfile), login_only)
@@ -410,32 +400,11 @@ def test_podman_uses_its_login_for_the_registry_mirror_of_docker_io(
     """The README's registries.conf (the mirror as docker.io's registry.mirror): a login to
     the mirror's address is what podman sends to it for ``docker.io/acme/app``."""
     conf = tmp_path / "registries.conf"
-    conf.write_text(
-        f"""[[registry]]
-prefix = "docker.io"
-# A dead loopback port: if the mirror fails, podman's fallback can never leave the machine.
-location = "127.0.0.1:{closed_port}"
-insecure = true
-
-[[registry.mirror]]
-location = "{mirror.address}"
-insecure = true
-"""
-    )
+    conf.write_text(mirror_registries_conf(mirror.address, closed_port))
     authfile = tmp_path / "podman-auth.json"
     podman = Podman({**env, "CONTAINERS_REGISTRIES_CONF": str(conf)}, tmp_path)
     try:
-        login = podman(
-            "login",
-            "--tls-verify=false",
-            "--authfile",
-            str(authfile),
-            "--username",
-            "alice",
-            "--password-stdin",
-            mirror.address,
-            input=PASSWORDS["alice"] + "\n",
-        )
+        login = podman_login(podman, authfile, mirror)
         assert login.returncode == 0, login.stderr
         mark = len(mirror.peer.output())
         pull = ("pull", "--signature-policy", env["POLICY"], "--authfile", str(authfile))
@@ -451,18 +420,22 @@ insecure = true
     assert "user=alice" in line, line
 
 
+def podman_login(podman: Podman, authfile: Path, mirror: Mirror) -> Any:
+    """``podman login`` to the mirror as alice, the password on standard input."""
+    return podman(
+        "login",
+        "--tls-verify=false",
+        "--authfile",
+        str(authfile),
+        "--username",
+        "alice",
+        "--password-stdin",
+        mirror.address,
+        input=PASSWORDS["alice"] + "\n",
+    )
+
+
 # 4. containerd -----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def containerd() -> Iterator[str]:
-    """A private containerd (CRI off); yields its socket path."""
-    # Unix socket paths are limited to 108 bytes: keep the state directory short.
-    root = Path(tempfile.mkdtemp(prefix="ctd"))
-    peer, socket_path = start_containerd(root)
-    yield socket_path
-    peer.stop()
-    shutil.rmtree(root, ignore_errors=True)
 
 
 def ctr_pull(
@@ -634,15 +607,7 @@ def test_a_token_from_before_a_restart_works_after_it(
 def docker(images: dict[str, Image], access_images: dict[str, Image]) -> Iterator[Docker]:
     """dockerd with the README's daemon.json, and an auth-on mirror, in their own namespace."""
     seed = {"schema2": images["schema2"], **access_images}
-    result = start_docker(seed, access_config)
-    try:
-        yield result
-    finally:
-        result.stop()
-        try:
-            assert_clean_log(result.mirror)
-        finally:
-            result.remove()
+    yield from running_docker(seed, access_config)
 
 
 def test_docker_login_and_pull(docker: Docker, access_images: dict[str, Image]) -> None:

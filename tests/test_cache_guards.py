@@ -24,13 +24,20 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseFailed, ResponseNeverReceived
-from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.server import Request
 
 from dockermirror.reference import digest_of
 from dockermirror.registry import fills
 from dockermirror.registry.caching import upstream_key
 from dockermirror.storage.interface import Scope
-from tests.fakes import FakeRegistry, Harness, blob_handler, json_error, result_of
+from tests.fakes import (
+    FakeRegistry,
+    Harness,
+    HeldBlob,
+    blob_handler,
+    json_error,
+    result_of,
+)
 
 SIZE = 256 * 1024  # four of the FileStream's 64 KiB chunks
 OCI = "application/vnd.oci.image.manifest.v1+json"
@@ -76,29 +83,6 @@ def get(harness: Harness, path: str) -> tuple[Any, bytes]:
     # A client that names no manifest type takes schema1 only, and is passed through.
     response = harness.request("GET", path, headers={"Accept": [OCI]})
     return response, harness.body(response)
-
-
-class HeldBlob:
-    """An upstream blob that sends its headers and ``sent`` bytes, the rest when released."""
-
-    def __init__(self, registry: FakeRegistry, path: str, data: bytes, sent: int) -> None:
-        self.data = data
-        self.sent = sent
-        self.request: Request | None = None
-        self.closed: list[Failure | None] = []  # how the upstream connection ended, once it has
-        registry.handlers[path] = self.handle
-
-    def handle(self, request: Request) -> int:
-        request.setHeader(b"content-length", str(len(self.data)).encode())
-        request.write(self.data[: self.sent])
-        request.notifyFinish().addBoth(self.closed.append)
-        self.request = request
-        return NOT_DONE_YET
-
-    def release(self) -> None:
-        assert self.request is not None
-        self.request.write(self.data[self.sent :])
-        self.request.finish()
 
 
 class _Window(StringTransport):

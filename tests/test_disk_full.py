@@ -23,7 +23,6 @@ import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.internet.task import Clock
-from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
 from dockermirror.reference import digest_of
@@ -36,7 +35,7 @@ from dockermirror.storage.filesystem import FilesystemStorage
 from dockermirror.storage.index import Index
 from dockermirror.storage.interface import Scope
 from dockermirror.storage.workers import InlineWorker
-from tests.fakes import FakeRegistry, Harness, blob_handler, result_of
+from tests.fakes import FakeRegistry, Harness, HeldBlob, blob_handler, result_of
 
 MiB = 1024 * 1024
 BIG = os.urandom(2 * MiB)
@@ -71,26 +70,6 @@ def fill_up(directory: Path) -> Path:
     finally:
         os.close(fd)
     return path
-
-
-class HeldBlob:
-    """An upstream blob that sends its headers and ``sent`` bytes, the rest when released."""
-
-    def __init__(self, registry: FakeRegistry, path: str, data: bytes, sent: int) -> None:
-        self.data, self.sent = data, sent
-        self.request: Request | None = None
-        registry.handlers[path] = self.handle
-
-    def handle(self, request: Request) -> int:
-        request.setHeader(b"content-length", str(len(self.data)).encode())
-        request.write(self.data[: self.sent])
-        self.request = request
-        return NOT_DONE_YET
-
-    def release(self) -> None:
-        assert self.request is not None
-        self.request.write(self.data[self.sent :])
-        self.request.finish()
 
 
 def messages(events: list[dict[str, Any]], text: str) -> list[dict[str, Any]]:

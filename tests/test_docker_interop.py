@@ -18,22 +18,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import BIG_LAYER, assert_clean_log
-from tests.support.docker import Docker, start_docker
+from tests.conftest import BIG_LAYER
+from tests.support.docker import Docker, running_docker
 from tests.support.images import Image, Manifest
 
 
 @pytest.fixture(scope="module")
 def docker(images: dict[str, Image]) -> Iterator[Docker]:
-    result = start_docker(images)
-    try:
-        yield result
-    finally:
-        result.stop()
-        try:
-            assert_clean_log(result.mirror)
-        finally:
-            result.remove()
+    yield from running_docker(images)
 
 
 @pytest.fixture(autouse=True)

@@ -30,9 +30,8 @@ from pathlib import Path
 import attrs
 import pytest
 
-from tests.conftest import assert_clean_log
 from tests.support.clients import require
-from tests.support.peers import Mirror, Upstream, registry_config, start_mirror
+from tests.support.peers import Mirror, Upstream, assert_clean_log, registry_config, start_mirror
 from tests.support.processes import wait_for
 
 MIB = 1024 * 1024

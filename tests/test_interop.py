@@ -13,14 +13,20 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import BIG_LAYER
-from tests.support.clients import IMAGES, copy, fetch, require, same_tree, skopeo
-from tests.support.docker import start_containerd
+from tests.support.clients import (
+    IMAGES,
+    copy,
+    fetch,
+    mirror_registries_conf,
+    require,
+    same_tree,
+    skopeo,
+)
 from tests.support.peers import Mirror, Upstream
 
 
@@ -225,18 +231,7 @@ def test_podman_pulls_through_registry_mirror(
     closed_port: int,
 ) -> None:
     conf = tmp_path / "registries.conf"
-    conf.write_text(
-        f"""[[registry]]
-prefix = "docker.io"
-# A dead loopback port: if the mirror fails, podman's fallback can never leave the machine.
-location = "127.0.0.1:{closed_port}"
-insecure = true
-
-[[registry.mirror]]
-location = "{mirror.address}"
-insecure = true
-"""
-    )
+    conf.write_text(mirror_registries_conf(mirror.address, closed_port))
     # podman refuses a runroot longer than 50 characters; pytest's tmp_path is longer.
     run = Path(tempfile.mkdtemp(prefix="podrun"))
     storage = ["--root", str(tmp_path / "root"), "--runroot", str(run)]
@@ -265,17 +260,6 @@ insecure = true
     config_digest = json.loads(manifest.body)["config"]["digest"].removeprefix("sha256:")
     assert result.stdout.strip() == config_digest
     assert "GET /v2/library/alpine/manifests/latest -> 200" in mirror.peer.output()[before:]
-
-
-@pytest.fixture(scope="module")
-def containerd() -> Iterator[str]:
-    """A private containerd (CRI off); yields its socket path."""
-    # Unix socket paths are limited to 108 bytes: keep the state directory short.
-    root = Path(tempfile.mkdtemp(prefix="ctd"))
-    peer, socket_path = start_containerd(root)
-    yield socket_path
-    peer.stop()
-    shutil.rmtree(root, ignore_errors=True)
 
 
 def test_containerd_pulls_through_hosts_toml(

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 import attrs
 from twisted.web.iweb import IRequest
 
+from dockermirror.config import strip_port
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -51,26 +53,19 @@ def _forwarded(request: IRequest) -> tuple[list[str], str | None]:
                 key, _, item = pair.strip().partition("=")
                 item = item.strip().strip('"')
                 if key.lower() == "for":
-                    chain.append(_bare(item))
+                    chain.append(strip_port(item))
                 elif key.lower() == "proto":
                     proto = item.lower()
     if chain or proto:
         return chain, proto
     for value in headers.getRawHeaders(b"x-forwarded-for", []):
-        chain.extend(_bare(v.strip()) for v in value.decode("latin-1").split(",") if v.strip())
+        chain.extend(
+            strip_port(v.strip()) for v in value.decode("latin-1").split(",") if v.strip()
+        )
     protos = headers.getRawHeaders(b"x-forwarded-proto", [])
     if protos:
         proto = protos[-1].decode("latin-1").split(",")[-1].strip().lower()
     return chain, proto
-
-
-def _bare(item: str) -> str:
-    """``[2001:db8::1]:4711`` or ``192.0.2.1:4711`` -> the address alone."""
-    if item.startswith("["):
-        return item[1:].partition("]")[0]
-    if item.count(":") == 1:
-        return item.partition(":")[0]
-    return item
 
 
 def _within(address: str, networks: Sequence[Network]) -> bool:

@@ -86,3 +86,17 @@ def fetch(
             )
     except urllib.error.HTTPError as e:
         return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
+
+
+def mirror_registries_conf(mirror: str, closed_port: int) -> str:
+    """The README's registries.conf: the mirror as docker.io's ``registry.mirror``."""
+    return f"""[[registry]]
+prefix = "docker.io"
+# A dead loopback port: if the mirror fails, podman's fallback can never leave the machine.
+location = "127.0.0.1:{closed_port}"
+insecure = true
+
+[[registry.mirror]]
+location = "{mirror}"
+insecure = true
+"""

@@ -41,7 +41,7 @@ import attrs
 
 from tests.support.clients import require
 from tests.support.images import Image
-from tests.support.peers import Mirror, Upstream, start_mirror, start_upstream
+from tests.support.peers import Mirror, Upstream, assert_clean_log, start_mirror, start_upstream
 from tests.support.processes import Peer
 
 P = ParamSpec("P")
@@ -389,3 +389,18 @@ def start_docker(
         shutil.rmtree(root, ignore_errors=True)
         raise
     return Docker(root, namespace, upstream, mirror, containerd, dockerd)
+
+
+def running_docker(
+    images: dict[str, Image], config: Callable[[Upstream, Path], str] | None = None
+) -> Iterator[Docker]:
+    """A module fixture's body: start the namespace, yield it, stop it, check the mirror's log."""
+    result = start_docker(images, config)
+    try:
+        yield result
+    finally:
+        result.stop()
+        try:
+            assert_clean_log(result.mirror)
+        finally:
+            result.remove()

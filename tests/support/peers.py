@@ -157,6 +157,13 @@ class Mirror:
         self.peer.stop()
 
 
+def assert_clean_log(mirror: Mirror) -> None:
+    """No traceback in the mirror's log; a failure shows the first one."""
+    log = mirror.peer.output()
+    where = log.find("Traceback")
+    assert where < 0, log[log.rfind("\n", 0, max(0, where - 200)) + 1 :][:4000]
+
+
 def registry_config(name: str, url: str, extra: str = "", *, via_cdn: bool = False) -> str:
     """A mirror configuration defining one registry, then ``extra`` TOML.
 
