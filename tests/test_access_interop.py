@@ -28,7 +28,7 @@ from typing import Any
 import bcrypt
 import pytest
 
-from tests.support.clients import fetch, mirror_registries_conf, require, skopeo
+from tests.support.clients import ctr_pull, fetch, mirror_registries_conf, require, skopeo
 from tests.support.docker import Docker, running_docker
 from tests.support.images import Image, Pusher, single_image
 from tests.support.peers import Mirror, Upstream, assert_clean_log, start_mirror
@@ -436,25 +436,6 @@ def podman_login(podman: Podman, authfile: Path, mirror: Mirror) -> Any:
 
 
 # 4. containerd -----------------------------------------------------------------------------
-
-
-def ctr_pull(
-    containerd: str, hosts: Path, reference: str, *user: str
-) -> subprocess.CompletedProcess[str]:
-    command = [
-        require("ctr"),
-        "--address",
-        containerd,
-        "images",
-        "pull",
-        "--snapshotter",
-        "native",
-        "--hosts-dir",
-        str(hosts),
-        *user,
-        reference,
-    ]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300)
 
 
 def hosts_dir(root: Path, registry: str, mirror: Mirror, closed_port: int) -> Path:

@@ -21,6 +21,7 @@ from tests.conftest import BIG_LAYER
 from tests.support.clients import (
     IMAGES,
     copy,
+    ctr_pull,
     fetch,
     mirror_registries_conf,
     require,
@@ -277,19 +278,7 @@ def test_containerd_pulls_through_hosts_toml(
 """
     )
     before = len(mirror.peer.output())
-    command = [
-        require("ctr"),
-        "--address",
-        containerd,
-        "images",
-        "pull",
-        "--snapshotter",
-        "native",
-        "--hosts-dir",
-        str(tmp_path / "certs.d"),
-        "docker.io/library/alpine:latest",
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    result = ctr_pull(containerd, tmp_path / "certs.d", "docker.io/library/alpine:latest")
     assert result.returncode == 0, result.stdout + result.stderr
     manifest = upstream.images["schema2"].tags["latest"]
     listing = subprocess.run(

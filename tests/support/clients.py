@@ -100,3 +100,23 @@ insecure = true
 location = "{mirror}"
 insecure = true
 """
+
+
+def ctr_pull(
+    containerd: str, hosts: Path, reference: str, *user: str
+) -> subprocess.CompletedProcess[str]:
+    """``ctr images pull`` through the ``hosts.toml`` files under ``hosts`` (``--user U:P``)."""
+    command = [
+        require("ctr"),
+        "--address",
+        containerd,
+        "images",
+        "pull",
+        "--snapshotter",
+        "native",
+        "--hosts-dir",
+        str(hosts),
+        *user,
+        reference,
+    ]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
