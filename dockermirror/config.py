@@ -69,6 +69,8 @@ class Registry:
     blocked_message: str = BLOCKED
     # Reachable by path prefix and containerd's ?ns= (not only by a Host route naming it).
     by_prefix: bool = True
+    # Clients log in with their own upstream accounts, which the mirror passes on.
+    passthrough: bool = False
 
     @property
     def credentials(self) -> tuple[str, str] | None:
@@ -250,6 +252,7 @@ _REGISTRY_KEYS = {
     "repositories",
     "blocked_message",
     "by_prefix",
+    "credentials",
 }
 
 
@@ -267,6 +270,11 @@ def _registry(name: str, table: Mapping[str, Any]) -> Registry:
         password = _read_secret(string(table["password_file"], f"{key}.password_file"), key)
     if (username is None) != (password is None):
         raise ConfigError(f"{key}: username and password go together")
+    passthrough = table.get("credentials") == "passthrough"
+    if "credentials" in table and not passthrough:
+        raise ConfigError(f'{key}.credentials: the only value is "passthrough"')
+    if passthrough and username is not None:
+        raise ConfigError(f"{key}: credentials are passed through or configured, not both")
     return Registry(
         name=name,
         url=url,
@@ -283,6 +291,7 @@ def _registry(name: str, table: Mapping[str, Any]) -> Registry:
         blocked_message=string(table.get("blocked_message", BLOCKED), f"{key}.blocked_message"),
         # A registry with credentials is the operator's account: only routes that name it.
         by_prefix=boolean(table.get("by_prefix", username is None), f"{key}.by_prefix"),
+        passthrough=passthrough,
     )
 
 

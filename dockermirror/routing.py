@@ -30,6 +30,8 @@ class Target:
     name: str
     # The repository as the client wrote it (``docker.io/redis``), for links back to the mirror.
     client_name: str
+    # The client's own upstream account, for a registry whose credentials are passed through.
+    account: tuple[str, str] | None = attrs.field(default=None, repr=False)
 
     @property
     def label(self) -> str:

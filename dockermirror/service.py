@@ -181,7 +181,8 @@ def build_app(
     issuer = TokenIssuer(
         reactor, token_key or secrets.token_bytes(32), config.policy.auth.token_lifetime
     )
-    policy = AccessPolicy(config.policy, users, issuer)
+    passthrough = any(r.passthrough for r in config.registries.values())
+    policy = AccessPolicy(config.policy, users, issuer, passthrough=passthrough)
     return MirrorApp(config, registry, policy, issuer, RateLimiter(reactor, config.policy))
 
 

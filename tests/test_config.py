@@ -159,6 +159,23 @@ def test_password_file(tmp_path: Path) -> None:
         ({"users": {"bob": {"pulls": []}}}, "users.bob.pulls: unknown key"),
         ({"well_known_registries": "no"}, "well_known_registries: must be true or false"),
         (
+            {"registries": {"x.io": {"url": "https://x", "credentials": "mine"}}},
+            'registries.x.io.credentials: the only value is "passthrough"',
+        ),
+        (
+            {
+                "registries": {
+                    "x.io": {
+                        "url": "https://x",
+                        "credentials": "passthrough",
+                        "username": "u",
+                        "password": "p",
+                    }
+                }
+            },
+            "registries.x.io: credentials are passed through or configured, not both",
+        ),
+        (
             {"registries": {"x.io": {"url": "https://x", "repositories": "library/*"}}},
             "registries.x.io.repositories: must be a list",
         ),

@@ -8,6 +8,9 @@ grants; this module only signs and checks.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import secrets
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -15,6 +18,7 @@ from typing import Any
 
 import attrs
 import jwt
+from cryptography.fernet import Fernet, InvalidToken
 from twisted.internet.interfaces import IReactorTime
 
 SERVICE = "dockermirror"
@@ -36,6 +40,8 @@ class Grant:
 
     user: str | None
     repositories: frozenset[str]
+    # A client's own upstream account, carried encrypted (see TokenIssuer.issue).
+    upstream: tuple[str, str] | None = attrs.field(default=None, repr=False)
 
 
 class TokenIssuer:
@@ -43,8 +49,18 @@ class TokenIssuer:
         self._clock = clock
         self._lifetime = lifetime
         self._key = key
+        # A token is signed, not secret: an account it carries is encrypted with a key of
+        # its own, derived from the signing key (so every node that checks tokens can read it).
+        self._sealer = Fernet(
+            base64.urlsafe_b64encode(hashlib.sha256(b"upstream\0" + key).digest())
+        )
 
-    def issue(self, user: str | None, access: Iterable[tuple[str, bool]]) -> dict[str, Any]:
+    def issue(
+        self,
+        user: str | None,
+        access: Iterable[tuple[str, bool]],
+        upstream: tuple[str, str] | None = None,
+    ) -> dict[str, Any]:
         """A token response for ``user``: ``access`` pairs a repository with whether it is granted.
 
         A repository asked for and not granted is listed with no actions, as
@@ -64,6 +80,8 @@ class TokenIssuer:
                 for name, granted in access
             ],
         }
+        if upstream is not None:
+            claims["upstream"] = self._sealer.encrypt(json.dumps(upstream).encode()).decode()
         token = jwt.encode(claims, self._key, algorithm="HS256")
         return {
             "token": token,
@@ -97,4 +115,14 @@ class TokenIssuer:
             )
         except (TypeError, AttributeError, KeyError):
             return None
-        return Grant(str(claims.get("sub") or "") or None, granted)
+        upstream = self._unseal(claims.get("upstream"))
+        return Grant(str(claims.get("sub") or "") or None, granted, upstream)
+
+    def _unseal(self, sealed: object) -> tuple[str, str] | None:
+        if not isinstance(sealed, str):
+            return None
+        try:
+            user, password = json.loads(self._sealer.decrypt(sealed.encode()))
+        except (InvalidToken, ValueError, TypeError):
+            return None
+        return str(user), str(password)

@@ -34,6 +34,8 @@ class Identity:
     user: str | None = None
     # Repositories a token grants pull on; None when the identity is not from a token.
     granted: frozenset[str] | None = None
+    # A client's own account at a registry whose credentials are passed through.
+    upstream: tuple[str, str] | None = attrs.field(default=None, repr=False)
 
 
 ANONYMOUS = Identity()
@@ -41,11 +43,19 @@ ANONYMOUS = Identity()
 
 class AccessPolicy:
     def __init__(
-        self, settings: PolicySettings, users: Htpasswd | None, issuer: TokenIssuer
+        self,
+        settings: PolicySettings,
+        users: Htpasswd | None,
+        issuer: TokenIssuer,
+        *,
+        passthrough: bool = False,
     ) -> None:
         self.settings = settings
         self._users = users
         self._issuer = issuer
+        # Some registry takes clients' own accounts: Basic credentials that are no mirror
+        # user's are such an account, for the upstream to judge.
+        self._passthrough = passthrough
 
     @property
     def login_enabled(self) -> bool:
@@ -72,21 +82,24 @@ class AccessPolicy:
             grant = self._issuer.verify(credentials.strip())
             if grant is None:
                 raise RegistryError(UNAUTHORIZED, message="invalid or expired token")
-            return succeed(Identity(grant.user, grant.repositories))
-        if scheme == "basic" and self._users is not None:
+            return succeed(Identity(grant.user, grant.repositories, grant.upstream))
+        if scheme == "basic" and (self._users is not None or self._passthrough):
             user, password = basic_credentials(credentials)
             return self.login(user, password)
         return succeed(ANONYMOUS)
 
     def login(self, user: str, password: str) -> Deferred[Identity]:
-        """The user, if the password is theirs; 401 otherwise."""
+        """The mirror user, if the password is theirs; else the client's upstream account
+        when one can be passed through; 401 otherwise."""
         if self._users is None:
-            return succeed(ANONYMOUS)
+            return succeed(Identity(upstream=(user, password)) if self._passthrough else ANONYMOUS)
 
         def checked(ok: bool) -> Identity:
-            if not ok:
-                raise RegistryError(UNAUTHORIZED, message="wrong user name or password")
-            return Identity(user)
+            if ok:
+                return Identity(user)
+            if self._passthrough:
+                return Identity(upstream=(user, password))
+            raise RegistryError(UNAUTHORIZED, message="wrong user name or password")
 
         return self._users.verify(user, password).addCallback(checked)
 
@@ -95,8 +108,8 @@ class AccessPolicy:
         if not target.registry.repositories.matches(target.name):
             return False
         auth = self.settings.auth
-        if not self.login_enabled:
-            return True
+        if not self.login_enabled or target.registry.passthrough:
+            return True  # (a client's own account: the upstream judges)
         if identity.user is None:
             return auth.anonymous and auth.anonymous_pull.matches(target.label)
         return self._pull_patterns(identity.user).matches(target.label)
@@ -108,8 +121,10 @@ class AccessPolicy:
             raise RegistryError(
                 DENIED, {"repository": target.label}, message=registry.blocked_message
             )
-        if not self.login_enabled:
-            return  # without users, tokens only say what was asked for, not what is allowed
+        if not self.login_enabled or registry.passthrough:
+            # Without users, tokens only say what was asked for, not what is allowed; with a
+            # client's own account, the upstream judges.
+            return
         if identity.granted is not None:
             allowed = target.label in identity.granted
         else:

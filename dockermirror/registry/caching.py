@@ -21,8 +21,9 @@ what was pulled with credentials is never served to a route without them.
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import attrs
@@ -59,19 +60,34 @@ log = Logger()
 # Failures of the upstream that a stale manifest may paper over.
 _STALE_STATUSES = {429, 502, 503, 504}
 _COUNTS = ("hit", "miss", "coalesced", "stale", "revalidated")
+# How long an upstream's yes to a client's own account is trusted.
+CONFIRMED_FOR = 60.0
+_MAX_CONFIRMED = 10_000
 # HEAD resolutions waiting for their manifest; past this many, the oldest are forgotten.
 _MAX_RESOLUTIONS = 10_000
 
 HIT, MISS, COALESCED = CacheOutcome.HIT, CacheOutcome.MISS, CacheOutcome.COALESCED
 
 
-def upstream_key(registry: Registry) -> str:
-    """The identity content is cached under: the registry's URL and the user it pulls as."""
+def upstream_key(registry: Registry, account: tuple[str, str] | None = None) -> str:
+    """The identity content is cached under: the registry's URL and the user it pulls as.
+
+    For a registry whose credentials are passed through, the user is the client's.
+    """
+    if registry.passthrough:
+        return f"{registry.url.to_text()}#passthrough:{account[0] if account else ''}"
     return f"{registry.url.to_text()}#{registry.username or ''}"
 
 
 def scope_of(target: Target) -> Scope:
-    return Scope(upstream_key(target.registry), target.name)
+    return Scope(upstream_key(target.registry, target.account), target.name)
+
+
+def _account_key(target: Target) -> str:
+    """The client's account as far as sharing goes: its password counts, as a hash."""
+    if target.account is None:
+        return ""
+    return hashlib.sha256("\0".join(target.account).encode()).hexdigest()
 
 
 class CachingRegistry:
@@ -90,6 +106,8 @@ class CachingRegistry:
         self._idle_timeout = idle_timeout
         self._fills: dict[tuple[str, str], Fill] = {}
         self._detached = DetachedSlots(DETACHED_FILLS)
+        # Accounts and repositories the upstream said a passed-through client may read.
+        self._confirmed: dict[tuple[str, str, str], float] = {}
         # Tags a HEAD resolved to a manifest not stored yet, by scope and digest: bound when
         # a GET by that digest stores the manifest.
         self._resolved: dict[tuple[Scope, str], set[str]] = {}
@@ -102,6 +120,9 @@ class CachingRegistry:
     async def manifest(
         self, target: Target, reference: str, accept: Sequence[str], *, head: bool = False
     ) -> Manifest:
+        await self._confirm(
+            target, lambda: self._inner.manifest(target, reference, ALL_MANIFESTS, head=True)
+        )
         if not await self._storage_open():
             return await self._inner.manifest(target, reference, accept, head=head)
         scope = scope_of(target)
@@ -175,7 +196,9 @@ class CachingRegistry:
     def _shared_manifest(
         self, target: Target, reference: str, accept: Sequence[str], head: bool
     ) -> Deferred[Manifest]:
-        key = (upstream_key(target.registry), target.name, reference, head, tuple(accept))
+        # A client's own account shares its upstream answers with nobody else.
+        scope, account = scope_of(target), _account_key(target)
+        key = (scope.upstream, account, target.name, reference, head, tuple(accept))
         d, joined = self._coalescer.run(
             key, lambda: self._inner.manifest(target, reference, accept, head=head)
         )
@@ -240,6 +263,7 @@ class CachingRegistry:
 
     async def blob(self, target: Target, digest: str) -> BlobSource:
         inner = await self._inner.blob(target, digest)
+        await self._confirm(target, inner.stat)
         if not await self._storage_open():
             return inner
         scope = scope_of(target)
@@ -250,6 +274,24 @@ class CachingRegistry:
         if not entry.linked:
             await cold.confirm()
         return _StoredBlob(self, cold, entry.size)
+
+    async def _confirm(self, target: Target, ask: Callable[[], Awaitable[object]]) -> None:
+        """A client's own account reads a repository from the cache once the upstream said so.
+
+        One HEAD with the client's credentials, remembered briefly: the upstream,
+        not the mirror, knows who may read a private repository (and the cache
+        is shared by everyone with the same user name, whatever their password).
+        """
+        if not target.registry.passthrough or target.account is None:
+            return
+        key = (_account_key(target), target.registry.name, target.name)
+        now = self._clock.seconds()
+        if self._confirmed.get(key, float("-inf")) > now:
+            return
+        await ask()  # the upstream's refusal, as an OCI error
+        if len(self._confirmed) >= _MAX_CONFIRMED:
+            self._confirmed = {k: t for k, t in self._confirmed.items() if t > now}
+        self._confirmed[key] = now + CONFIRMED_FOR
 
     async def tags(self, target: Target, n: str | None, last: str | None) -> TagPage:
         return await self._inner.tags(target, n, last)

@@ -65,6 +65,7 @@ class UpstreamRegistry:
             target.name,
             ("manifests", reference),
             headers={b"accept": [a.encode("latin-1") for a in accept]} if accept else None,
+            account=target.account,
         )
         if response.code != 200:
             raise await failure_of(response, target.name, MANIFEST_UNKNOWN)
@@ -85,7 +86,7 @@ class UpstreamRegistry:
     async def tags(self, target: Target, n: str | None, last: str | None) -> TagPage:
         query = [(key, value) for key, value in (("n", n), ("last", last)) if value is not None]
         response = await self._client(target).request(
-            b"GET", target.name, ("tags", "list"), query=query
+            b"GET", target.name, ("tags", "list"), query=query, account=target.account
         )
         if response.code != 200:
             raise await failure_of(response, target.name, NAME_UNKNOWN)
@@ -101,7 +102,7 @@ class UpstreamRegistry:
     async def referrers(self, target: Target, digest: str, artifact_type: str | None) -> Referrers:
         query = [("artifactType", artifact_type)] if artifact_type else []
         response = await self._client(target).request(
-            b"GET", target.name, ("referrers", digest), query=query
+            b"GET", target.name, ("referrers", digest), query=query, account=target.account
         )
         if response.code != 200:
             raise await failure_of(response, target.name, MANIFEST_UNKNOWN)
@@ -173,7 +174,11 @@ class UpstreamBlob:
     async def _request(self, method: bytes, wanted: RangeRequest | None) -> UpstreamResponse:
         headers = {b"range": [_range_header(wanted).encode()]} if wanted else None
         return await self._client.request(
-            method, self._target.name, ("blobs", self.digest), headers=headers
+            method,
+            self._target.name,
+            ("blobs", self.digest),
+            headers=headers,
+            account=self._target.account,
         )
 
 

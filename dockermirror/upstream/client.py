@@ -15,6 +15,7 @@ the bytes as stored.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from base64 import b64encode
 from collections.abc import Iterable, Mapping, Sequence
@@ -95,8 +96,14 @@ class UpstreamClient:
         *,
         query: Iterable[tuple[str, str]] = (),
         headers: Mapping[bytes, Sequence[bytes]] | None = None,
+        account: tuple[str, str] | None = None,
     ) -> UpstreamResponse:
-        """``METHOD <registry>/v2/<name>/<path...>?<query>``, authenticated to pull ``name``."""
+        """``METHOD <registry>/v2/<name>/<path...>?<query>``, authenticated to pull ``name``.
+
+        ``account``: a client's own credentials, used (instead of none) for a registry
+        whose credentials are passed through; a configured account is used otherwise.
+        """
+        credentials = account if self.registry.passthrough else self.registry.credentials
         # Names, tags and digests are validated against the reference grammar and need no
         # escaping; a DecodedURL would escape the ":" of a digest, which registries need not undo.
         url = self.registry.url.encoded_url.child("v2", *name.split("/"), *path)
@@ -106,7 +113,7 @@ class UpstreamClient:
         known = self._challenge
         authorization = None
         if known is not None:
-            authorization = await self._authorization(known, scope, fresh=False)
+            authorization = await self._authorization(known, scope, credentials, fresh=False)
         response = await self._send(method, url, headers or {}, authorization)
         if response.code != 401 or response.redirected:
             # (A redirect target's challenge is not the registry's: it gets no credentials.)
@@ -115,13 +122,13 @@ class UpstreamClient:
         if challenge is None:
             return response
         response.discard()
-        authorization = await self._authorization(challenge, scope, fresh=True)
+        authorization = await self._authorization(challenge, scope, credentials, fresh=True)
         if authorization is None:
             return response
         # Remembered only once it worked: one unusable challenge fails one request, not all.
         self._challenge = challenge
         response = await self._send(method, url, headers or {}, authorization)
-        if response.code == 401 and challenge.scheme == "basic":
+        if response.code == 401 and challenge.scheme == "basic" and account is None:
             self._credentials_refused()
         return response
 
@@ -140,25 +147,34 @@ class UpstreamClient:
         )
 
     async def _authorization(
-        self, challenge: Challenge, scope: str, *, fresh: bool
+        self,
+        challenge: Challenge,
+        scope: str,
+        credentials: tuple[str, str] | None,
+        *,
+        fresh: bool,
     ) -> bytes | None:
         if challenge.scheme == "basic":
-            return _basic(self.registry.credentials)
-        cached = self._tokens.get(scope)
+            return _basic(credentials)
+        # Tokens are the account's: a client's own are never another's.
+        key = scope if credentials is None else f"{scope}\0{_fingerprint(credentials)}"
+        cached = self._tokens.get(key)
         now = self._clock.seconds()
         if cached is not None and not fresh and cached[1] > now:
             return cached[0]
         # Callers that need a token for the same scope at once share one fetch.
         token, lifetime = await self._token_fetches.run(
-            scope, lambda: self._fetch_token(challenge, scope)
+            key, lambda: self._fetch_token(challenge, scope, credentials)
         )[0]
         if len(self._tokens) >= _MAX_CACHED_TOKENS:
             self._tokens = {k: v for k, v in self._tokens.items() if v[1] > now}
         header = b"Bearer " + token.encode()
-        self._tokens[scope] = (header, now + max(lifetime - _TOKEN_MARGIN, lifetime / 2))
+        self._tokens[key] = (header, now + max(lifetime - _TOKEN_MARGIN, lifetime / 2))
         return header
 
-    async def _fetch_token(self, challenge: Challenge, scope: str) -> tuple[str, float]:
+    async def _fetch_token(
+        self, challenge: Challenge, scope: str, credentials: tuple[str, str] | None
+    ) -> tuple[str, float]:
         realm = challenge.params.get("realm", "")
         try:
             url = EncodedURL.from_text(realm)
@@ -168,7 +184,7 @@ class UpstreamClient:
             raise upstream_error(self.registry.name, 502, f"unusable token realm {realm!r}")
         # The query is the mirror's to build: a realm's own could ask for other scopes.
         url = url.replace(query=(), fragment="")
-        basic = _basic(self.registry.credentials)
+        basic = _basic(credentials)
         if basic is not None and self.registry.url.scheme == "https" and url.scheme == "http":
             raise upstream_error(
                 self.registry.name,
@@ -184,6 +200,12 @@ class UpstreamClient:
         except BodyTooLarge:
             raise upstream_error(self.registry.name, 502, "token response too large") from None
         if response.code in (401, 403):
+            if self.registry.passthrough:
+                raise RegistryError(
+                    DENIED,
+                    {"registry": self.registry.name},
+                    message="the upstream registry refused your credentials",
+                )
             self._credentials_refused()
             raise RegistryError(
                 DENIED,
@@ -328,6 +350,10 @@ def _request_uri(url: EncodedURL) -> bytes:
 
 def _origin(url: EncodedURL) -> tuple[str, str, int | None]:
     return (url.scheme, url.host.lower(), url.port)
+
+
+def _fingerprint(credentials: tuple[str, str]) -> str:
+    return hashlib.sha256("\0".join(credentials).encode()).hexdigest()
 
 
 def _basic(credentials: tuple[str, str] | None) -> bytes | None:

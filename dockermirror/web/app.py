@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from urllib.parse import parse_qs, unquote_to_bytes
 
+import attrs
 from klein import Klein
 from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
@@ -21,6 +22,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from dockermirror.auth.tokens import TokenIssuer, parse_scope
 from dockermirror.config import MirrorConfig, strip_port
 from dockermirror.errors import (
+    DENIED,
     NAME_INVALID,
     NAME_UNKNOWN,
     UNAUTHORIZED,
@@ -30,9 +32,15 @@ from dockermirror.errors import (
 )
 from dockermirror.policy.access import ANONYMOUS, AccessPolicy, Identity
 from dockermirror.policy.limits import RateLimiter
-from dockermirror.reference import Endpoint, parse_api_path, validate_digest, validate_reference
+from dockermirror.reference import (
+    ApiPath,
+    Endpoint,
+    parse_api_path,
+    validate_digest,
+    validate_reference,
+)
 from dockermirror.registry.model import Registry
-from dockermirror.routing import route_request
+from dockermirror.routing import Target, route_request
 from dockermirror.web.errors import render_error
 from dockermirror.web.forwarded import client_of
 from dockermirror.web.homepage import choose_language, render_homepage
@@ -125,7 +133,8 @@ class MirrorApp:
         if self._policy.login_enabled and identity.user is None and not auth.anonymous:
             raise RegistryError(UNAUTHORIZED, message="log in to use this mirror")
         request.account = identity.user
-        token = self._issuer.issue(identity.user, self._grants(request, identity, requested))
+        grants = self._grants(request, identity, requested)
+        token = self._issuer.issue(identity.user, grants, identity.upstream)
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
         return json.dumps(token).encode()
@@ -163,6 +172,26 @@ class MirrorApp:
         self._policy.check_pull(identity, target)
         head = request.method == b"HEAD"
         self._limit(request, identity.user, blob=path.endpoint is Endpoint.BLOB and not head)
+        if not target.registry.passthrough:
+            return await self._answer(request, path, target, head)
+        target = attrs.evolve(target, account=identity.upstream)
+        try:
+            return await self._answer(request, path, target, head)
+        except RegistryError as error:
+            if target.account is not None or error.code is not DENIED:
+                raise
+            # The upstream wants an account: the client is asked for one, to pass on.
+            raise RegistryError(
+                UNAUTHORIZED,
+                error.detail,
+                message="log in with your account at the upstream registry",
+                scope=f"repository:{target.client_name}:pull",
+            ) from None
+
+    async def _answer(
+        self, request: MirrorRequest, path: ApiPath, target: Target, head: bool
+    ) -> bytes | IResource:
+        """Ask the registry what the path names, and render it."""
         if path.endpoint is Endpoint.MANIFEST:
             reference = validate_reference(path.reference)
             accept = header_values(request, b"accept")

@@ -48,6 +48,8 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 CLONE_NEWNET = 0x40000000
+# The mirror's endpoint by default: plain HTTP on loopback (start_mirror's default).
+MIRROR_ENDPOINT = "tcp:{port}:interface=127.0.0.1"
 # No proxy may take Docker's requests (or the registry's pushes) off loopback.
 NO_PROXY = {
     name: ""
@@ -268,6 +270,15 @@ class Docker:
     def host(self) -> str:
         return f"unix://{self.root / 'docker.sock'}"
 
+    @property
+    def certs_d(self) -> Path:
+        """What dockerd sees as ``/etc/docker/certs.d`` (its private ``/etc/docker``).
+
+        dockerd reads ``certs.d/HOST:PORT/*.crt`` at each pull: a CA written here (or
+        removed) counts from the next pull on, with no restart.
+        """
+        return self.root / "etc" / "certs.d"
+
     def command(self, *args: str) -> list[str]:
         return [require("docker"), "--host", self.host, *args]
 
@@ -346,12 +357,21 @@ class Docker:
 
 
 def start_docker(
-    images: dict[str, Image], config: Callable[[Upstream, Path], str] | None = None
+    images: dict[str, Image],
+    config: Callable[[Upstream, Path], str] | None = None,
+    *,
+    endpoint: str = MIRROR_ENDPOINT,
+    daemon: Callable[[Mirror], dict[str, list[str]]] = daemon_json,
+    setup: Callable[[], None] | None = None,
 ) -> Docker:
     """Start the namespace and its peers; the upstream is seeded with ``images``.
 
     ``config``: the mirror's configuration, made from the upstream and the mirror's own
     directory (where it may write files such as an htpasswd); by default ``mirror_config``.
+    ``endpoint``: where the mirror listens (``start_mirror``'s, with ``{port}``), e.g. an
+    ``ssl:`` endpoint; it must accept on 127.0.0.1, where readiness is checked.
+    ``daemon``: dockerd's daemon.json, made from the mirror; by default ``daemon_json``.
+    ``setup``: called in the namespace before any peer starts (e.g. to add an address).
     """
     # A missing peer fails the test (never skips it), before anything starts.
     names = ("docker-registry", "twistd", "containerd", "dockerd", "docker", "ip", "unshare")
@@ -367,6 +387,8 @@ def start_docker(
     try:
         if namespace.interfaces() != ["lo"]:
             raise RuntimeError(f"the namespace has more than loopback: {namespace.interfaces()}")
+        if setup is not None:
+            namespace.run(setup)
         upstream = namespace.run(
             start_upstream, root / "upstream", tools["docker-registry"], images
         )
@@ -376,12 +398,14 @@ def start_docker(
             text = mirror_config(upstream, root / "mirror" / "password")
         else:
             text = config(upstream, root / "mirror")
-        mirror = namespace.run(start_mirror, root / "mirror", tools["twistd"], text)
+        mirror = namespace.run(
+            start_mirror, root / "mirror", tools["twistd"], text, endpoint=endpoint
+        )
         started.append(mirror.stop)
         (root / "containerd").mkdir()
         containerd, address = namespace.run(start_containerd, root / "containerd")
         started.append(containerd.stop)
-        dockerd = namespace.run(start_dockerd, root, address, daemon_json(mirror))
+        dockerd = namespace.run(start_dockerd, root, address, daemon(mirror))
     except BaseException:
         for stop in reversed(started):
             stop()
@@ -392,10 +416,18 @@ def start_docker(
 
 
 def running_docker(
-    images: dict[str, Image], config: Callable[[Upstream, Path], str] | None = None
+    images: dict[str, Image],
+    config: Callable[[Upstream, Path], str] | None = None,
+    *,
+    endpoint: str = MIRROR_ENDPOINT,
+    daemon: Callable[[Mirror], dict[str, list[str]]] = daemon_json,
+    setup: Callable[[], None] | None = None,
 ) -> Iterator[Docker]:
-    """A module fixture's body: start the namespace, yield it, stop it, check the mirror's log."""
-    result = start_docker(images, config)
+    """A module fixture's body: start the namespace, yield it, stop it, check the mirror's log.
+
+    ``endpoint``, ``daemon``, ``setup``: as ``start_docker``'s.
+    """
+    result = start_docker(images, config, endpoint=endpoint, daemon=daemon, setup=setup)
     try:
         yield result
     finally:
