@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import bcrypt
 import jwt
 import pytest
 from twisted.web.server import Request
@@ -166,3 +167,28 @@ def test_other_registries_get_no_client_credentials(
     )
     sent = [h.get("authorization") for _, uri, h in registry.requests if "public" in uri]
     assert sent and all(value is None for value in sent)
+
+
+def test_no_anonymous_pulls_holds_for_a_passed_through_registry(
+    registry: FakeRegistry, tmp_path: Path
+) -> None:
+    users = tmp_path / "htpasswd"
+    hashed = bcrypt.hashpw(b"m", bcrypt.gensalt(rounds=4)).decode()
+    users.write_text(f"mirror-user:{hashed}\n")
+    toml = {
+        "registries": {
+            "docker.io": {"url": "http://upstream.test"},
+            "private.test": {"url": "http://upstream.test", "credentials": "passthrough"},
+        },
+        "auth": {"htpasswd": str(users), "anonymous": False},
+    }
+    harness = Harness(registry, toml)
+    registry.handlers["/v2/library/public/manifests/1"] = lambda request: MANIFEST
+    response = harness.request(
+        "GET", "/v2/private.test/library/public/manifests/1", headers=ACCEPT
+    )
+    assert harness.error(response) == (401, "UNAUTHORIZED")
+    assert registry.requests == []
+    # An upstream account (no mirror user's) is let through, for the upstream to judge.
+    response = manifest(harness, **basic("alice", ACCOUNTS["alice"]))
+    assert (response.code, harness.body(response)) == (200, MANIFEST)

@@ -121,9 +121,17 @@ class AccessPolicy:
             raise RegistryError(
                 DENIED, {"repository": target.label}, message=registry.blocked_message
             )
-        if not self.login_enabled or registry.passthrough:
-            # Without users, tokens only say what was asked for, not what is allowed; with a
-            # client's own account, the upstream judges.
+        if not self.login_enabled:
+            return  # without users, tokens only say what was asked for, not what is allowed
+        if registry.passthrough:
+            # With a client's own account the upstream judges; with none, the mirror's
+            # rule for anonymous clients holds.
+            if (
+                identity.user is None
+                and identity.upstream is None
+                and not self.settings.auth.anonymous
+            ):
+                raise RegistryError(UNAUTHORIZED, message="log in to use this mirror")
             return
         if identity.granted is not None:
             allowed = target.label in identity.granted
