@@ -266,6 +266,23 @@ def test_without_users_everything_is_open_but_the_blocked(registry: FakeRegistry
             {"Forwarded": ['for="192.0.2.7:4711"']},
             403,
         ),
+        # One source: a Forwarded the client added beside the proxy's X-Forwarded-For is not it.
+        (
+            {"deny": ["192.0.2.0/24"], "trusted_proxies": ["127.0.0.1/32"]},
+            {"X-Forwarded-For": ["192.0.2.7"], "Forwarded": ["for=198.51.100.1"]},
+            403,
+        ),
+        # An address no list can judge ("unknown", "_hidden", garbage) is not let in.
+        (
+            {"allow": ["10.0.0.0/8"], "trusted_proxies": ["127.0.0.1/32"]},
+            {"Forwarded": ["for=_hidden"]},
+            403,
+        ),
+        (
+            {"allow": ["10.0.0.0/8"], "trusted_proxies": ["127.0.0.1/32"]},
+            {"X-Forwarded-For": ["127.000.000.009"]},
+            403,
+        ),
         # ...and from anywhere else the header is a claim, ignored.
         ({"deny": ["127.0.0.0/8"]}, {"X-Forwarded-For": ["192.0.2.7"]}, 403),
         ({"allow": ["192.0.2.0/24"]}, {"X-Forwarded-For": ["192.0.2.7"]}, 403),
@@ -351,3 +368,39 @@ def test_the_realm_carries_ns_for_containerd(registry: FakeRegistry, toml: dict[
     response = harness.request("GET", "/v2/acme/private/manifests/1?ns=docker.io", headers=ACCEPT)
     challenge = response.headers.getRawHeaders("www-authenticate")[0]
     assert challenge.startswith('Bearer realm="http://mirror.test/v2/auth?ns=docker.io"')
+
+
+def test_an_address_that_keeps_guessing_passwords_must_wait(
+    registry: FakeRegistry, toml: dict[str, Any]
+) -> None:
+    harness = Harness(registry, toml, token_key=KEY)
+    answers = [
+        harness.request("GET", "/v2/", headers=basic("alice", f"guess {n}")).code
+        for n in range(22)
+    ]
+    assert answers[:20] == [401] * 20 and answers[20:] == [429, 429]
+    harness.clock.advance(2)
+    assert harness.request("GET", "/v2/", headers=basic("alice", "wonderland")).code == 200
+
+
+def test_a_mirror_users_wrong_password_is_never_passed_upstream(
+    registry: FakeRegistry, toml: dict[str, Any]
+) -> None:
+    toml["registries"]["pt.test"] = {"url": "http://upstream.test", "credentials": "passthrough"}
+    harness = Harness(registry, toml, token_key=KEY)
+    response = harness.request("GET", "/v2/", headers=basic("alice", "typo"))
+    assert harness.error(response) == (401, "UNAUTHORIZED")
+    response = harness.request(
+        "GET", "/v2/pt.test/acme/private/manifests/1", headers={**ACCEPT, **basic("alice", "typo")}
+    )
+    assert harness.error(response) == (401, "UNAUTHORIZED")
+    assert all("authorization" not in h for _, _, h in registry.requests)
+    # An account that is no mirror user's is one to pass on, even with anonymous = false.
+    toml["auth"]["anonymous"] = False
+    harness = Harness(registry, toml, token_key=KEY)
+    response = harness.request(
+        "GET",
+        "/v2/auth?service=dockermirror&scope=repository:pt.test/acme/private:pull",
+        headers=basic("carol", "her upstream password"),
+    )
+    assert response.code == 200

@@ -97,11 +97,32 @@ def test_a_broken_file_keeps_the_users_before(file: Path) -> None:
         ("alice:$apr1$x$y\n", "FILE:1: user 'alice' has no bcrypt hash"),
         ("\nalice:plain\n", "FILE:2: user 'alice' has no bcrypt hash"),
         ("just a line\n", "FILE:1: expected USER:HASH"),
+        ("alice:$2y$05$cut short\n", "FILE:1: user 'alice' has a malformed bcrypt hash"),
     ],
 )
 def test_only_bcrypt_entries_are_accepted(text: str, problem: str) -> None:
     with pytest.raises(HtpasswdError, match=problem.replace("$", r"\$")):
         parse_htpasswd(text, "FILE")
+
+
+def test_a_file_caught_half_written_keeps_the_users_before(file: Path) -> None:
+    clock = Clock()
+    users = Htpasswd(file, clock, Threads())
+    whole = file.read_text()
+    file.write_text(whole[: whole.index("$2y$") + 30])
+    os.utime(file, ns=(0, 10**18))
+    clock.advance(3)
+    assert users.users() == {"alice", "bob"}
+    assert result_of(users.verify("alice", "wonder land")) is True
+
+
+def test_a_password_longer_than_bcrypt_reads(tmp_path: Path) -> None:
+    """htpasswd -B hashes the first 72 bytes; bcrypt 5 refuses longer passwords outright."""
+    long = "x" * 80
+    hashed = bcrypt.hashpw(long.encode()[:72], bcrypt.gensalt(rounds=4)).decode()
+    path = tmp_path / "htpasswd"
+    path.write_text(f"ci:{hashed}\n")
+    assert result_of(Htpasswd(path, Clock(), Threads()).verify("ci", long)) is True
 
 
 def test_an_unreadable_file_is_an_error(tmp_path: Path) -> None:

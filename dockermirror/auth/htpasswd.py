@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -24,11 +25,17 @@ from twisted.logger import Logger
 log = Logger()
 
 _BCRYPT_PREFIXES = ("$2y$", "$2a$", "$2b$")
+# A whole bcrypt hash: a line cut short (a file caught half-written) is none.
+_BCRYPT = re.compile(r"\$2[aby]\$[0-9]{2}\$[./A-Za-z0-9]{53}")
+# bcrypt reads only this much of a password; htpasswd -B hashes the first 72 bytes.
+_BCRYPT_BYTES = 72
 # How often the file's metadata is looked at for a change.
 _STAT_INTERVAL = 2.0
 # How long a verified password is trusted without another bcrypt round.
 _VERIFIED_FOR = 60.0
 _MAX_VERIFIED = 4096
+# A file that cannot be read is reported at most this often.
+_COMPLAIN_INTERVAL = 60.0
 
 
 class HtpasswdError(Exception):
@@ -49,6 +56,8 @@ def parse_htpasswd(text: str, source: str) -> dict[str, bytes]:
             raise HtpasswdError(
                 f"{source}:{number}: user {user!r} has no bcrypt hash (write it with htpasswd -B)"
             )
+        if not _BCRYPT.fullmatch(hashed):
+            raise HtpasswdError(f"{source}:{number}: user {user!r} has a malformed bcrypt hash")
         users[user] = hashed.encode("ascii", "replace")
     return users
 
@@ -58,7 +67,7 @@ def check_password(password: str, hashed: bytes) -> bool:
     if hashed.startswith(b"$2y$"):
         hashed = b"$2b$" + hashed[4:]
     try:
-        return bcrypt.checkpw(password.encode("utf-8"), hashed)
+        return bcrypt.checkpw(password.encode("utf-8")[:_BCRYPT_BYTES], hashed)
     except ValueError:  # a malformed hash matches nothing
         return False
 
@@ -78,6 +87,7 @@ class Htpasswd:
         self._users: Mapping[str, bytes] = {}
         self._signature: tuple[int, int, int] | None = None
         self._checked_at = float("-inf")
+        self._complained_at = float("-inf")
         self._verified: dict[tuple[str, bytes], float] = {}
         self.load()
 
@@ -124,9 +134,11 @@ class Htpasswd:
         try:
             stat = os.stat(self.path)
         except OSError as e:
-            log.warn(
-                "cannot read {path}: {error}; keeping its users", path=str(self.path), error=e
-            )
+            if now >= self._complained_at + _COMPLAIN_INTERVAL:
+                self._complained_at = now
+                log.warn(
+                    "cannot read {path}: {error}; keeping its users", path=str(self.path), error=e
+                )
             return
         if (stat.st_mtime_ns, stat.st_size, stat.st_ino) == self._signature:
             return

@@ -66,9 +66,12 @@ class AccessPolicy:
         access = self.settings.access
         if not access.allow and not access.deny:
             return
+        if address is None:
+            return  # a unix socket's client is on this host, which the socket's mode guards
         ip = _address(address)
         if ip is None:
-            return  # a unix socket's client is on this host, which the socket's mode guards
+            # A proxy's "unknown", "_hidden" or garbage: no list can vouch for it.
+            raise RegistryError(DENIED, message="this mirror does not serve your address")
         if any(ip in net for net in access.deny) or (
             access.allow and not any(ip in net for net in access.allow)
         ):
@@ -94,14 +97,17 @@ class AccessPolicy:
         if self._users is None:
             return succeed(Identity(upstream=(user, password)) if self._passthrough else ANONYMOUS)
 
+        users = self._users
+
         def checked(ok: bool) -> Identity:
             if ok:
                 return Identity(user)
-            if self._passthrough:
+            # A mirror user's wrong password is never sent on to an upstream.
+            if self._passthrough and user not in users.users():
                 return Identity(upstream=(user, password))
             raise RegistryError(UNAUTHORIZED, message="wrong user name or password")
 
-        return self._users.verify(user, password).addCallback(checked)
+        return users.verify(user, password).addCallback(checked)
 
     def may_pull(self, identity: Identity, target: Target) -> bool:
         """Whether ``identity``, as a user or anonymous, may pull ``target`` (tokens aside)."""

@@ -22,6 +22,9 @@ from dockermirror.policy.settings import Limits, PolicySettings
 
 # A byte budget may save up this many seconds' worth.
 _BYTE_BURST_SECONDS = 10.0
+# Wrong passwords an address may try, when [limits] sets no request rate.
+_GUESSES_PER_SECOND = 1.0
+_GUESS_BURST = 20.0
 # Past this many remembered clients, the ones whose buckets are full are forgotten.
 _PRUNE_AT = 10_000
 
@@ -33,6 +36,22 @@ class RateLimiter:
         self._requests: dict[str, TokenBucket] = {}
         self._bytes: dict[str, TokenBucket] = {}
         self._blobs: Counter[str] = Counter()
+        self._guesses: dict[str, TokenBucket] = {}
+
+    def check_guesses(self, client: str) -> None:
+        """429 for a client whose wrong passwords used up its budget: guessing is slow."""
+        bucket = self._guess_bucket(client)
+        if bucket.wait() > 0.0:
+            raise _too_many(bucket.wait(), "wrong password")
+
+    def guessed_wrong(self, client: str) -> None:
+        self._guess_bucket(client).spend(1)
+
+    def _guess_bucket(self, client: str) -> TokenBucket:
+        limits = self._settings.limits
+        rate = limits.requests_per_second or _GUESSES_PER_SECOND
+        burst = limits.request_burst if limits.requests_per_second else _GUESS_BURST
+        return self._bucket(self._guesses, client, rate, burst)
 
     def limits_for(self, user: str | None) -> Limits:
         own = self._settings.users.get(user) if user is not None else None

@@ -8,11 +8,12 @@ who asks, route it to an upstream, check the access policy, ask the
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from urllib.parse import parse_qs, unquote_to_bytes
 
 import attrs
 from klein import Klein
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -124,13 +125,15 @@ class MirrorApp:
                 raise RegistryError(
                     UNSUPPORTED, status=400, message="only the password grant is supported"
                 )
-            identity = await self._policy.login(form.get("username", ""), form.get("password", ""))
+            user, password = form.get("username", ""), form.get("password", "")
+            identity = await self._guarded(request, lambda: self._policy.login(user, password))
             requested = form.get("scope", "")
         else:
             identity = await self._identify(request)
             requested = " ".join(query_values(request, "scope"))
         auth = self._config.policy.auth
-        if self._policy.login_enabled and identity.user is None and not auth.anonymous:
+        anonymous = identity.user is None and identity.upstream is None
+        if self._policy.login_enabled and anonymous and not auth.anonymous:
             raise RegistryError(UNAUTHORIZED, message="log in to use this mirror")
         request.account = identity.user
         grants = self._grants(request, identity, requested)
@@ -211,9 +214,23 @@ class MirrorApp:
         return render_tags(request, page, target)
 
     async def _identify(self, request: MirrorRequest) -> Identity:
-        identity = await self._policy.identify(header(request, b"authorization"))
+        authorization = header(request, b"authorization")
+        identity = await self._guarded(request, lambda: self._policy.identify(authorization))
         request.account = identity.user
         return identity
+
+    async def _guarded(
+        self, request: MirrorRequest, check: Callable[[], Deferred[Identity]]
+    ) -> Identity:
+        """A password check, which an address that keeps guessing wrong must wait for."""
+        client = f"address {request.client or 'local'}"
+        self._limiter.check_guesses(client)
+        try:
+            return await check()
+        except RegistryError as error:
+            if error.code is UNAUTHORIZED:
+                self._limiter.guessed_wrong(client)
+            raise
 
     def _limit(self, request: MirrorRequest, user: str | None, *, blob: bool = False) -> None:
         """Count the request against its client's limits (429 when over one)."""

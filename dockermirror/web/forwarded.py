@@ -43,8 +43,15 @@ def client_of(request: IRequest, trusted: Sequence[Network]) -> Client:
 
 
 def _forwarded(request: IRequest) -> tuple[list[str], str | None]:
-    """The address chain and the protocol, from ``Forwarded`` (RFC 7239) or ``X-Forwarded-*``."""
+    """The address chain and the protocol, from ``X-Forwarded-*`` or else ``Forwarded``.
+
+    One source only, ``X-Forwarded-*`` first as most proxies write it: a proxy
+    that writes one kind passes the other on as the client sent it, and a
+    client must not choose its address by sending the kind its proxy ignores.
+    """
     headers = request.requestHeaders
+    if headers.hasHeader(b"x-forwarded-for") or headers.hasHeader(b"x-forwarded-proto"):
+        return _x_forwarded(request)
     chain: list[str] = []
     proto: str | None = None
     for value in headers.getRawHeaders(b"forwarded", []):
@@ -56,8 +63,13 @@ def _forwarded(request: IRequest) -> tuple[list[str], str | None]:
                     chain.append(strip_port(item))
                 elif key.lower() == "proto":
                     proto = item.lower()
-    if chain or proto:
-        return chain, proto
+    return chain, proto
+
+
+def _x_forwarded(request: IRequest) -> tuple[list[str], str | None]:
+    headers = request.requestHeaders
+    chain: list[str] = []
+    proto: str | None = None
     for value in headers.getRawHeaders(b"x-forwarded-for", []):
         chain.extend(
             strip_port(v.strip()) for v in value.decode("latin-1").split(",") if v.strip()
