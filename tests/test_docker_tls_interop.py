@@ -15,110 +15,23 @@ Docker reaches the mirror there; ``test_loopback_is_never_verified`` shows why.
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import attrs
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from tests.support.clients import require
 from tests.support.docker import Docker, running_docker
 from tests.support.images import Image
 from tests.support.peers import Mirror
+from tests.support.pki import Pki, make_pki
 from tests.test_docker_interop import assert_pulled, mirror_log
 
 # Outside 127.0.0.0/8, so that dockerd verifies the mirror's certificate.
 TLS_HOST = "192.0.2.1"
 UNKNOWN_AUTHORITY = "x509: certificate signed by unknown authority"
-
-
-@attrs.frozen
-class Pki:
-    ca: Path
-    cert: Path
-    key: Path
-    other_ca: Path  # a CA that signed nothing the mirror serves
-
-
-def _name(common: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
-
-
-def _pem(certificate: x509.Certificate) -> bytes:
-    return certificate.public_bytes(serialization.Encoding.PEM)
-
-
-def _ca(
-    common: str, now: datetime.datetime
-) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(_name(common))
-        .issuer_name(_name(common))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-            critical=True,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    return key, certificate
-
-
-def make_pki(directory: Path) -> Pki:
-    """A CA and the mirror's certificate it signed (for TLS_HOST and 127.0.0.1); another CA."""
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key, ca = _ca("dockermirror docker test CA", now)
-    _, other = _ca("dockermirror docker test CA", now)  # same name, other key
-    key = ec.generate_private_key(ec.SECP256R1())
-    addresses = [TLS_HOST, "127.0.0.1"]
-    server = (
-        x509.CertificateBuilder()
-        .subject_name(_name(TLS_HOST))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address(a)) for a in addresses]
-            ),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    directory.mkdir(parents=True, exist_ok=True)
-    pki = Pki(
-        directory / "ca.crt",
-        directory / "cert.pem",
-        directory / "key.pem",
-        directory / "other.crt",
-    )
-    pki.ca.write_bytes(_pem(ca))
-    pki.other_ca.write_bytes(_pem(other))
-    pki.cert.write_bytes(_pem(server))
-    pki.key.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return pki
 
 
 def add_tls_host() -> None:
@@ -134,7 +47,7 @@ def tls_daemon_json(mirror: Mirror) -> dict[str, list[str]]:
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("docker-pki"))
+    return make_pki(tmp_path_factory.mktemp("docker-pki"), [TLS_HOST, "127.0.0.1"])
 
 
 @pytest.fixture(scope="module")
