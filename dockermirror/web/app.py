@@ -31,6 +31,7 @@ from dockermirror.errors import (
     UNSUPPORTED,
     RegistryError,
 )
+from dockermirror.health import readiness
 from dockermirror.policy.access import ANONYMOUS, AccessPolicy, Identity
 from dockermirror.policy.limits import RateLimiter
 from dockermirror.reference import (
@@ -96,6 +97,23 @@ class MirrorApp:
             request.scheme,
             choose_language(header(request, b"accept-language")),
         )
+
+    @app.route("/healthz", methods=["GET", "HEAD"])
+    def healthz(self, request: MirrorRequest) -> bytes:
+        """The process serves (for a liveness probe)."""
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        return b'{"status": "ok"}'
+
+    @app.route("/readyz", methods=["GET", "HEAD"])
+    def readyz(self, request: MirrorRequest) -> bytes:
+        """Ready for its whole job (for a readiness probe): 503 while a check fails."""
+        checks = readiness(self._registry)
+        ready = all(checks.values())
+        request.setResponseCode(200 if ready else 503)
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        return json.dumps({"status": "ready" if ready else "not ready", "checks": checks}).encode()
 
     @app.route("/v2", methods=["GET", "HEAD"])
     @app.route("/v2/", methods=["GET", "HEAD"])
