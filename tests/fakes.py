@@ -29,6 +29,18 @@ from dockermirror.upstream.client import UpstreamClient
 
 Handler = Callable[[Request], bytes | int]
 
+# docker.io anonymously, and private.test: the same upstream with the mirror's credentials,
+# reached by prefix in the tests.
+WITH_PRIVATE: dict[str, Any] = {
+    "docker.io": {"url": "http://upstream.test"},
+    "private.test": {
+        "url": "http://upstream.test",
+        "username": "u",
+        "password": "p",
+        "by_prefix": True,
+    },
+}
+
 
 def json_error(request: Request, status: int, code: str, message: str = "") -> bytes:
     request.setResponseCode(status)

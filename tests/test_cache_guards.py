@@ -31,6 +31,7 @@ from dockermirror.registry import fills
 from dockermirror.registry.caching import upstream_key
 from dockermirror.storage.interface import Scope
 from tests.fakes import (
+    WITH_PRIVATE,
     FakeRegistry,
     Harness,
     HeldBlob,
@@ -253,17 +254,7 @@ def test_eviction_spares_a_blob_being_filled(
     registry.handlers[f"/v2/library/redis/blobs/{digest}"] = blob_handler(data)
     registry.handlers[f"/v2/library/redis/blobs/{digest_of(other)}"] = blob_handler(other)
     upstream = HeldBlob(registry, f"/v2/private/app/blobs/{digest}", data, SIZE // 2)
-    toml = {
-        "registries": {
-            "docker.io": {"url": "http://upstream.test"},
-            "private.test": {
-                "url": "http://upstream.test",
-                "username": "u",
-                "password": "p",
-                "by_prefix": True,
-            },
-        }
-    }
+    toml = {"registries": WITH_PRIVATE}
     harness = cached(registry, toml, max_size=SIZE * 3 // 2, min_free=1)
     store = harness.storage()
     anonymous, private = (

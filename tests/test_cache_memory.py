@@ -17,6 +17,7 @@ from dockermirror.reference import digest_of
 from dockermirror.registry import fills
 from dockermirror.storage.interface import Scope
 from tests.fakes import (
+    WITH_PRIVATE,
     FakeRegistry,
     Harness,
     blob_handler,
@@ -222,15 +223,7 @@ def test_content_pulled_with_credentials_stays_with_them(
 ) -> None:
     registry.handlers["/v2/private/app/blobs/" + DIGEST] = blob_handler(BLOB)
     toml = {
-        "registries": {
-            "docker.io": {"url": "http://upstream.test"},
-            "private.test": {
-                "url": "http://upstream.test",
-                "username": "u",
-                "password": "p",
-                "by_prefix": True,
-            },
-        },
+        "registries": WITH_PRIVATE,
         "cache": {"dir": str(tmp_path / "cache")},
     }
     harness = Harness(registry, toml)

@@ -17,7 +17,7 @@ import pytest
 from twisted.web.server import NOT_DONE_YET, Request
 
 from dockermirror.reference import digest_of
-from tests.fakes import FakeRegistry, Harness, blob_handler, result_of
+from tests.fakes import WITH_PRIVATE, FakeRegistry, Harness, blob_handler, result_of
 
 BLOB = bytes(range(256)) * 64
 DIGEST = digest_of(BLOB)
@@ -86,15 +86,7 @@ def test_a_manifest_type_is_each_upstreams_own(registry: FakeRegistry, tmp_path:
     )
     registry.handlers[f"/v2/library/app/manifests/{MANIFEST_DIGEST}"] = manifest_handler(OCI)
     toml = {
-        "registries": {
-            "docker.io": {"url": "http://upstream.test"},
-            "private.test": {
-                "url": "http://upstream.test",
-                "username": "u",
-                "password": "p",
-                "by_prefix": True,
-            },
-        },
+        "registries": WITH_PRIVATE,
         "cache": {"dir": str(tmp_path / "cache")},
     }
     harness = Harness(registry, toml)

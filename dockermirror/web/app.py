@@ -233,6 +233,8 @@ class MirrorApp:
 
     async def _identify(self, request: MirrorRequest) -> Identity:
         authorization = header(request, b"authorization")
+        if authorization is None:
+            return ANONYMOUS  # nothing to check, nothing to count against guessing
         identity = await self._guarded(request, lambda: self._policy.identify(authorization))
         request.account = identity.user
         return identity
