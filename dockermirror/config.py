@@ -25,10 +25,13 @@ from dockermirror.configvalues import (
     parse_size,
     patterns,
     string,
+    string_list,
     subtable,
 )
+from dockermirror.errors import RegistryError
 from dockermirror.policy.patterns import EVERYTHING, Patterns
 from dockermirror.policy.settings import POLICY_TABLES, PolicySettings, build_policy
+from dockermirror.reference import parse_image
 
 N = TypeVar("N", bound=attrs.AttrsInstance)
 
@@ -126,6 +129,28 @@ class CacheSettings:
     scrub_rate: int = 50 * 10**6
 
 
+@attrs.frozen
+class DockerHubSettings:
+    """What the mirror does about Docker Hub beyond pulls: its pull quota, and search."""
+
+    # When Hub says this few pulls remain, cached tags are served without revalidation
+    # until its window resets; 0: only a 429 stops revalidation.
+    quota_floor: int = 0
+    # Docker Hub's search API (``docker search``), and how long an answer is reused.
+    search_url: str = "https://index.docker.io/v1/search"
+    search_ttl: float = 300.0
+
+
+@attrs.frozen
+class PrefetchSettings:
+    """Images the running mirror keeps in its cache, checked every ``interval`` seconds."""
+
+    images: tuple[str, ...]
+    # ``os/architecture[/variant]``; empty: every platform an index names.
+    platforms: tuple[str, ...] = ()
+    interval: float = 6 * 3600.0
+
+
 def default_cache_dir() -> str:
     """systemd's CacheDirectory= (``$CACHE_DIRECTORY``), else the per-user XDG cache."""
     if os.environ.get("CACHE_DIRECTORY"):
@@ -154,6 +179,10 @@ class MirrorConfig:
     cache: CacheSettings = CacheSettings()
     server: ServerSettings = ServerSettings()
     policy: PolicySettings = attrs.field(factory=PolicySettings)
+    docker_hub: DockerHubSettings = DockerHubSettings()
+    prefetch: tuple[PrefetchSettings, ...] = ()
+    # Endpoints of the private listener for /metrics, /healthz and /readyz; none by default.
+    metrics_ports: tuple[str, ...] = ()
 
     def registry_for_host(self, host: str) -> Registry | None:
         name = self.routes.get(host, self.routes.get(DEFAULT_ROUTE))
@@ -185,6 +214,8 @@ _TOP_KEYS = {
     "upstream",
     "cache",
     "well_known_registries",
+    "docker_hub",
+    "prefetch",
     *POLICY_TABLES,
 }
 
@@ -196,11 +227,16 @@ def build_config(
     routes: Iterable[tuple[str, str]] = (),
     registries: Iterable[tuple[str, str]] = (),
     cache: Mapping[str, Any] | None = None,
+    metrics_ports: Iterable[str] = (),
 ) -> MirrorConfig:
     """Validate a parsed TOML document; command-line values override it."""
     check_keys(data, "", _TOP_KEYS)
     server = subtable(data, "server")
-    check_keys(server, "server.", {"ports", *(f.name for f in attrs.fields(ServerSettings))})
+    check_keys(
+        server,
+        "server.",
+        {"ports", "metrics_ports", *(f.name for f in attrs.fields(ServerSettings))},
+    )
 
     registry_tables = dict(subtable(data, "registries"))
     for name, url in registries:
@@ -227,20 +263,68 @@ def build_config(
                 if target in WELL_KNOWN
                 else _url_registry(target, f"routes.{host}")
             )
-    chosen_ports = tuple(ports) or tuple(
-        string(p, "server.ports") for p in any_list(server, "ports", "server.ports")
-    )
+    chosen_ports = tuple(ports) or tuple(string_list(server, "ports", "server."))
     return MirrorConfig(
         ports=chosen_ports or (DEFAULT_PORT,),
         routes=route_table,
         registries=known,
         upstream=_numbers(UpstreamSettings, subtable(data, "upstream"), "upstream."),
         server=_numbers(
-            ServerSettings, {k: v for k, v in server.items() if k != "ports"}, "server."
+            ServerSettings,
+            {k: v for k, v in server.items() if k not in ("ports", "metrics_ports")},
+            "server.",
         ),
         cache=_cache({**subtable(data, "cache"), **(cache or {})}),
         policy=build_policy(data),
+        docker_hub=_docker_hub(subtable(data, "docker_hub")),
+        prefetch=tuple(
+            _prefetch(entry, f"prefetch[{i}]", known)
+            for i, entry in enumerate(any_list(data, "prefetch", "prefetch"))
+        ),
+        metrics_ports=tuple(metrics_ports)
+        or tuple(string_list(server, "metrics_ports", "server.")),
     )
+
+
+def _docker_hub(table: Mapping[str, Any]) -> DockerHubSettings:
+    check_keys(table, "docker_hub.", {f.name for f in attrs.fields(DockerHubSettings)})
+    floor = table.get("quota_floor", 0)
+    if isinstance(floor, bool) or not isinstance(floor, int) or floor < 0:
+        raise ConfigError("docker_hub.quota_floor: must be a whole number, 0 or more")
+    defaults = DockerHubSettings()
+    search_url = table.get("search_url", defaults.search_url)
+    _url(search_url, "docker_hub.search_url")
+    ttl = table.get("search_ttl", defaults.search_ttl)
+    checked = _numbers(DockerHubSettings, {"search_ttl": ttl}, "docker_hub.")
+    return DockerHubSettings(floor, search_url, checked.search_ttl)
+
+
+def _prefetch(entry: object, key: str, registries: Mapping[str, Registry]) -> PrefetchSettings:
+    if not isinstance(entry, Mapping):
+        raise ConfigError(f"{key}: must be a table ([[prefetch]])")
+    check_keys(entry, key + ".", {"images", "platforms", "interval"})
+    images = tuple(string_list(entry, "images", key + "."))
+    if not images:
+        raise ConfigError(f"{key}.images: name at least one image")
+    for image in images:
+        try:
+            parsed = parse_image(image)
+        except RegistryError as e:
+            problem = f"{image!r} is not an image reference ({e.message})"
+            raise ConfigError(f"{key}.images: {problem}") from None
+        if parsed.registry is not None and parsed.registry not in registries:
+            raise ConfigError(
+                f"{key}.images: {image!r} names registry {parsed.registry!r}, which is not"
+                " configured"
+            )
+    platforms = tuple(string_list(entry, "platforms", key + "."))
+    for platform in platforms:
+        if not 2 <= len(platform.split("/")) <= 3 or not all(platform.split("/")):
+            raise ConfigError(f"{key}.platforms: {platform!r} is not OS/ARCH[/VARIANT]")
+    interval = entry.get("interval", 6 * 3600)
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval < 60:
+        raise ConfigError(f"{key}.interval: must be a number of seconds, 60 or more")
+    return PrefetchSettings(images, platforms, float(interval))
 
 
 _REGISTRY_KEYS = {

@@ -91,6 +91,31 @@ def validate_reference(reference: str) -> str:
     return reference
 
 
+@attrs.frozen
+class ImageReference:
+    """An image as Docker writes it: ``redis``, ``ghcr.io/owner/image:tag``, ``name@digest``."""
+
+    registry: str | None  # the first part when it names a registry (a dot, a port, localhost)
+    name: str
+    reference: str  # a tag ("latest" when none is given) or a digest
+
+
+def parse_image(text: str) -> ImageReference:
+    """Split an image reference by Docker's rules; raise RegistryError when it is invalid."""
+    rest, at, digest = text.strip().partition("@")
+    last_slash = rest.rfind("/")
+    colon = rest.rfind(":")
+    tag = "latest"
+    if colon > last_slash:
+        rest, tag = rest[:colon], rest[colon + 1 :]
+    first, sep, remainder = rest.partition("/")
+    registry = None
+    if sep and ("." in first or ":" in first or first == "localhost"):
+        registry, rest = first, remainder
+    reference = validate_digest(digest) if at else validate_reference(tag)
+    return ImageReference(registry, validate_name(rest), reference)
+
+
 def new_hasher(digest: str) -> hashlib._Hash:
     """A hash object for a digest that :func:`validate_digest` accepted."""
     return hashlib.new(digest.partition(":")[0])

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import attrs
 
-from dockermirror.config import MirrorConfig, Registry, strip_port
+from dockermirror.config import DOCKER_HUB, MirrorConfig, Registry, strip_port
 from dockermirror.errors import DENIED, NAME_UNKNOWN, RegistryError
-from dockermirror.reference import validate_name
+from dockermirror.reference import parse_image, validate_name
 
 
 @attrs.frozen
@@ -56,6 +56,23 @@ def route_request(config: MirrorConfig, host: str, name: str, ns: str | None) ->
     if registry is None:
         registry = registry_for_host(config, host)
     return Target(registry, complete_name(registry, upstream_name), name)
+
+
+def target_for_image(config: MirrorConfig, image: str) -> tuple[Target, str]:
+    """The operator's own image reference (prefetch, warming): its target and tag or digest.
+
+    A first part naming a registry selects it by name, ``by_prefix`` or not (this
+    is the operator, not a client); anything else is Docker Hub's, as for Docker.
+    """
+    parsed = parse_image(image)
+    name = parsed.registry or DOCKER_HUB
+    registry = config.registries.get(name)
+    if registry is None:
+        raise RegistryError(
+            NAME_UNKNOWN, {"registry": name}, message=f"registry {name!r} is not configured"
+        )
+    target = Target(registry, complete_name(registry, parsed.name), parsed.name)
+    return target, parsed.reference
 
 
 def registry_for_host(config: MirrorConfig, host: str) -> Registry:

@@ -89,7 +89,3 @@ def verify_cache(directory: Path, index: Index, out: TextIO) -> int:
     found = f"{damaged} damaged" if damaged else "all intact"
     print(f"checked {checked} {blobs}, {checked_bytes} bytes: {found}", file=out)
     return DAMAGED if damaged else INTACT
-
-
-if __name__ == "__main__":  # python3 -m dockermirror.cli, as well as the console script
-    sys.exit(main())
