@@ -21,16 +21,20 @@ from dockermirror.auth.htpasswd import Htpasswd
 from dockermirror.auth.keys import TokenKeyError, load_or_create_key
 from dockermirror.auth.tokens import TokenIssuer
 from dockermirror.config import MirrorConfig, default_state_dir
+from dockermirror.metrics import Metrics
 from dockermirror.policy.access import AccessPolicy
 from dockermirror.policy.limits import RateLimiter
 from dockermirror.registry.caching import CachingRegistry
 from dockermirror.registry.model import Registry
+from dockermirror.registry.quota import HubQuota
+from dockermirror.registry.search import HubSearch
 from dockermirror.registry.upstream import UpstreamRegistry
 from dockermirror.storage.filesystem import FilesystemStorage
 from dockermirror.storage.scrub import Scrub
 from dockermirror.storage.workers import ThreadWorker, Worker
 from dockermirror.upstream.client import UpstreamClient
 from dockermirror.web.app import MirrorApp
+from dockermirror.web.metrics import MetricsResource, MetricsSite
 from dockermirror.web.site import MirrorSite
 
 log = Logger()
@@ -116,17 +120,30 @@ def _surviving(name: str, task: Callable[[], object]) -> Deferred[None]:
     return maybeDeferred(task).addCallbacks(lambda _: None, failed)
 
 
+def hub_quotas(config: MirrorConfig, clock: Any) -> dict[str, HubQuota]:
+    """One quota per Docker Hub registry the mirror pulls from as itself (anonymous or its
+    configured account); a client's own account has its own quota, which is its business."""
+    floor = config.docker_hub.quota_floor
+    return {
+        name: HubQuota(name, clock, floor)
+        for name, registry in config.registries.items()
+        if registry.docker_hub and not registry.passthrough
+    }
+
+
 def build_registry(
     config: MirrorConfig,
     reactor: Any,
     clients: Mapping[str, UpstreamClient],
     worker: Callable[[str], Worker] | None = None,
+    *,
+    metrics: Metrics,
 ) -> tuple[Registry, CacheService | None]:
     """The registry stack: the upstream, wrapped by the cache unless it is off.
 
     ``worker`` makes the storage's worker for a name (default: a thread of its own).
     """
-    upstream = UpstreamRegistry(clients, config.upstream)
+    upstream = UpstreamRegistry(clients, config.upstream, metrics.quotas)
     if not config.cache.enabled:
         return upstream, None
     make_worker = worker or (lambda name: ThreadWorker(reactor, name))
@@ -139,7 +156,10 @@ def build_registry(
         lookups=make_worker("dockermirror-index-lookups"),
         writes=make_worker("dockermirror-index-writes"),
     )
-    cache = CachingRegistry(upstream, storage, reactor, settings, config.upstream.idle_timeout)
+    cache = CachingRegistry(
+        upstream, storage, reactor, settings, config.upstream.idle_timeout, metrics.quotas
+    )
+    metrics.watch_cache(cache)
     scrub = (
         Scrub(storage, reactor, settings.scrub_rate, make_worker("dockermirror-scrub"))
         if settings.scrub_rate
@@ -173,7 +193,9 @@ def build_app(
     config: MirrorConfig,
     reactor: Any,
     registry: Registry,
+    clients: Mapping[str, UpstreamClient],
     *,
+    metrics: Metrics,
     token_key: bytes | None = None,
     users: Htpasswd | None = None,
 ) -> MirrorApp:
@@ -183,21 +205,39 @@ def build_app(
     )
     passthrough = any(r.passthrough for r in config.registries.values())
     policy = AccessPolicy(config.policy, users, issuer, passthrough=passthrough)
-    return MirrorApp(config, registry, policy, issuer, RateLimiter(reactor, config.policy))
+    return MirrorApp(
+        config,
+        registry,
+        policy,
+        issuer,
+        RateLimiter(reactor, config.policy),
+        HubSearch(clients, config.docker_hub, reactor),
+        lambda: metrics.status(config.registries),
+    )
 
 
 def build_site(
     config: MirrorConfig,
     reactor: Any,
     registry: Registry,
+    clients: Mapping[str, UpstreamClient],
     *,
+    metrics: Metrics,
     token_key: bytes | None = None,
     users: Htpasswd | None = None,
 ) -> MirrorSite:
-    app = build_app(config, reactor, registry, token_key=token_key, users=users)
+    app = build_app(
+        config, reactor, registry, clients, metrics=metrics, token_key=token_key, users=users
+    )
     # The client limits (deadlines, connection caps) are the server settings'; the caller
     # fits max_connections under the open-file limit.
-    return MirrorSite(app.resource(), reactor=reactor, settings=config.server)
+    return MirrorSite(app.resource(), reactor=reactor, settings=config.server, metrics=metrics)
+
+
+def build_metrics_site(config: MirrorConfig, registry: Registry, metrics: Metrics) -> MetricsSite:
+    return MetricsSite(
+        MetricsResource(metrics, registry, lambda: metrics.status(config.registries))
+    )
 
 
 def load_users(config: MirrorConfig, reactor: Any) -> Htpasswd | None:

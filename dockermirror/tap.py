@@ -22,7 +22,16 @@ from dockermirror.config import (
     load_toml,
     parse_assignment,
 )
-from dockermirror.service import Announcement, build_registry, build_site, load_users, token_key
+from dockermirror.metrics import Metrics
+from dockermirror.service import (
+    Announcement,
+    build_metrics_site,
+    build_registry,
+    build_site,
+    hub_quotas,
+    load_users,
+    token_key,
+)
 from dockermirror.upstream.pools import UpstreamPools
 from dockermirror.web import descriptors
 
@@ -49,6 +58,7 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["port"] = []
+        self["metrics-port"] = []
         self["route"] = []
         self["registry"] = []
 
@@ -57,6 +67,10 @@ class Options(usage.Options):
         self["port"].append(endpoint)
 
     opt_p = opt_port
+
+    def opt_metrics_port(self, endpoint: str) -> None:
+        """Serve /metrics (Prometheus), /healthz and /readyz on this endpoint (repeatable; none by default): keep it private, e.g. tcp:9100:interface=127.0.0.1"""  # noqa: E501
+        self["metrics-port"].append(endpoint)
 
     def opt_route(self, assignment: str) -> None:
         """HOST=UPSTREAM (repeatable): requests for HOST ("*": any other host) go to UPSTREAM, a registry name (docker.io, ghcr.io, ...) or an http(s):// URL"""  # noqa: E501
@@ -75,10 +89,11 @@ class Options(usage.Options):
                 routes=[parse_assignment(v, "route") for v in self["route"]],
                 registries=[parse_assignment(v, "registry") for v in self["registry"]],
                 cache=_cache_overrides(self),
+                metrics_ports=self["metrics-port"],
             )
         except ConfigError as e:
             raise StartupError(str(e)) from None
-        for port in self["mirror"].ports:
+        for port in (*self["mirror"].ports, *self["mirror"].metrics_ports):
             try:
                 # Parsing only: the endpoint does not touch the reactor until it listens.
                 serverFromString(None, port)
@@ -100,9 +115,10 @@ class StartupError(SystemExit, Exception):
 class Listener(MultiService):
     """One listening endpoint; a port that cannot be had stops start-up with one line."""
 
-    def __init__(self, description: str, site: Site, reactor: Any) -> None:
+    def __init__(self, description: str, site: Site, reactor: Any, what: str = "") -> None:
         super().__init__()
         self.description = description
+        self._what = what
         strports.service(description, site, reactor=reactor).setServiceParent(self)
 
     def privilegedStartService(self) -> None:
@@ -112,7 +128,7 @@ class Listener(MultiService):
             error = getattr(e, "socketError", e)
             reason = getattr(error, "strerror", None) or error
             raise StartupError(f"cannot listen on {self.description}: {reason}") from None
-        log.info("listening on {endpoint}", endpoint=self.description)
+        log.info("listening on {endpoint}{what}", endpoint=self.description, what=self._what)
 
 
 def _cache_overrides(options: Options) -> dict[str, object]:
@@ -150,9 +166,10 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     config = _fit_connections(options["mirror"])
     top = MultiService()
     Announcement(config).setServiceParent(top)
-    pools = UpstreamPools(config, reactor)
+    metrics = Metrics(reactor, hub_quotas(config, reactor))
+    pools = UpstreamPools(config, reactor, events=metrics)
     pools.setServiceParent(top)
-    registry, cache = build_registry(config, reactor, pools.clients)
+    registry, cache = build_registry(config, reactor, pools.clients, metrics=metrics)
     if cache is not None:
         # Before the listeners, so that it stops after them and its storage opens first.
         cache.setServiceParent(top)
@@ -161,7 +178,12 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         key = token_key(config)
     except (HtpasswdError, TokenKeyError) as e:
         raise StartupError(str(e)) from None
-    site = build_site(config, reactor, registry, token_key=key, users=users)
+    site = build_site(
+        config, reactor, registry, pools.clients, metrics=metrics, token_key=key, users=users
+    )
     for port in config.ports:
         Listener(port, site, reactor).setServiceParent(top)
+    metrics_site = build_metrics_site(config, registry, metrics)
+    for port in config.metrics_ports:
+        Listener(port, metrics_site, reactor, " for metrics").setServiceParent(top)
     return top

@@ -21,8 +21,9 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from dockermirror.auth.htpasswd import Htpasswd
 from dockermirror.config import MirrorConfig, build_config
+from dockermirror.metrics import Metrics
 from dockermirror.registry.caching import CachingRegistry
-from dockermirror.service import build_registry, build_site
+from dockermirror.service import build_registry, build_site, hub_quotas
 from dockermirror.storage.filesystem import FilesystemStorage
 from dockermirror.storage.workers import InlineWorker
 from dockermirror.upstream.client import UpstreamClient
@@ -183,15 +184,24 @@ class Harness:
             "cache": {"enabled": False},
         }
         self.config: MirrorConfig = build_config({**base, **(toml or {})})
+        self.metrics = Metrics(self.clock, hub_quotas(self.config, self.clock))
         self.clients = {
             name: UpstreamClient(
-                registry_config, self.upstream_agent, self.clock, self.config.upstream
+                registry_config,
+                self.upstream_agent,
+                self.clock,
+                self.config.upstream,
+                events=self.metrics,
             )
             for name, registry_config in self.config.registries.items()
         }
         # Storage work runs inline: the fake clock has no threads.
         self.registry_stack, self.cache = build_registry(
-            self.config, self.clock, self.clients, worker=lambda name: InlineWorker()
+            self.config,
+            self.clock,
+            self.clients,
+            worker=lambda name: InlineWorker(),
+            metrics=self.metrics,
         )
         if self.cache is not None:
             self.cache.startService()
@@ -199,7 +209,13 @@ class Harness:
         # bcrypt runs inline too (a real mirror runs it on a thread).
         users = Htpasswd(Path(htpasswd), self.clock, maybeDeferred) if htpasswd else None
         self.site = build_site(
-            self.config, self.clock, self.registry_stack, token_key=token_key, users=users
+            self.config,
+            self.clock,
+            self.registry_stack,
+            self.clients,
+            metrics=self.metrics,
+            token_key=token_key,
+            users=users,
         )
         self.client = stub_client(self.site)
 

@@ -16,7 +16,32 @@ def answer(harness: Harness, path: str) -> tuple[int, dict[str, Any]]:
 
 
 def test_healthz() -> None:
-    assert answer(Harness(FakeRegistry()), "/healthz") == (200, {"status": "ok"})
+    """With Docker Hub's quota as last seen (none yet)."""
+    assert answer(Harness(FakeRegistry()), "/healthz") == (
+        200,
+        {
+            "status": "ok",
+            "docker_hub_quota": {
+                "limit": None,
+                "remaining": None,
+                "window": None,
+                "floor": 0,
+                "holding_until": None,
+            },
+        },
+    )
+
+
+def test_healthz_without_docker_hub() -> None:
+    harness = Harness(
+        FakeRegistry(),
+        {
+            "well_known_registries": False,
+            "registries": {"quay": {"url": "http://upstream.test"}},
+            "routes": {"*": "quay"},
+        },
+    )
+    assert answer(harness, "/healthz") == (200, {"status": "ok"})
 
 
 def test_ready_without_a_cache() -> None:

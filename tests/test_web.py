@@ -21,6 +21,7 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from dockermirror.config import build_config
 from dockermirror.errors import TOOMANYREQUESTS, RegistryError
+from dockermirror.metrics import Metrics
 from dockermirror.registry.model import (
     BlobBody,
     BlobInfo,
@@ -108,7 +109,7 @@ def registry() -> ScriptedRegistry:
 @pytest.fixture
 def client(registry: ScriptedRegistry) -> Any:
     clock = Clock()
-    app = build_app(build_config({}), clock, registry)
+    app = build_app(build_config({}), clock, registry, {}, metrics=Metrics(clock, {}))
     return stub_client(MirrorSite(app.resource(), reactor=clock))
 
 
@@ -202,7 +203,10 @@ def test_access_log_reads_the_typed_request(
 def test_a_path_that_is_not_utf8_gets_an_oci_error(
     registry: ScriptedRegistry, log_events: list[dict[str, object]]
 ) -> None:
-    resource = build_app(build_config({}), Clock(), registry).resource()
+    clock = Clock()
+    resource = build_app(
+        build_config({}), clock, registry, {}, metrics=Metrics(clock, {})
+    ).resource()
     request = DummyRequest([b"v2", b"%ff", b"manifests", b"7"])
     # As a client sends it: percent-encoded bytes that are not UTF-8 once decoded.
     request.path = b"/v2/library%ff/manifests/7"  # type: ignore[attr-defined]

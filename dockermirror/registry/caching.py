@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -51,6 +51,7 @@ from dockermirror.registry.model import (
     TagPage,
 )
 from dockermirror.registry.model import Registry as RegistryInterface
+from dockermirror.registry.quota import HubQuota
 from dockermirror.registry.streams import FileStream
 from dockermirror.routing import Target
 from dockermirror.storage.interface import BlobReader, BlobStorage, Scope, StoredManifest
@@ -98,8 +99,10 @@ class CachingRegistry:
         clock: IReactorTime,
         settings: CacheSettings,
         idle_timeout: float,
+        quotas: Mapping[str, HubQuota] | None = None,
     ) -> None:
         self._inner = inner
+        self._quotas = quotas or {}
         self._storage = storage
         self._clock = clock
         self._settings = settings
@@ -147,6 +150,11 @@ class CachingRegistry:
         age = self._clock.seconds() - entry.checked
         if age < self._settings.tag_ttl:
             return self._answer(stored, head, HIT)
+        max_stale = self._settings.max_stale
+        if self._holding(target) and (max_stale is None or age <= max_stale):
+            # Docker Hub's quota is at its floor or spent: the cached tag stands in (logged
+            # once, by the quota, rather than once per request).
+            return self._answer(stored, head, CacheOutcome.STALE)
         try:
             current = await self._shared_manifest(target, reference, ALL_MANIFESTS, True)
         except RegistryError as error:
@@ -155,6 +163,10 @@ class CachingRegistry:
             return await self._resolve(target, reference, accept, head, (stored, age))
         self._background(self._storage.set_tag(scope, reference, stored.digest))
         return self._answer(stored, head, CacheOutcome.REVALIDATED)
+
+    def _holding(self, target: Target) -> bool:
+        quota = self._quotas.get(target.registry.name)
+        return quota is not None and target.account is None and quota.holding()
 
     async def _resolve(
         self,
@@ -370,6 +382,10 @@ class CachingRegistry:
     @property
     def storage(self) -> BlobStorage:
         return self._storage
+
+    @property
+    def fills_in_flight(self) -> int:
+        return len(self._fills)
 
     def _evict_soon(self) -> None:
         """Eviction runs off the request path, in a later turn of the reactor."""

@@ -8,6 +8,7 @@ of a whole blob until its digest matches.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 
@@ -21,6 +22,7 @@ from dockermirror.errors import (
     MANIFEST_INVALID,
     MANIFEST_UNKNOWN,
     NAME_UNKNOWN,
+    TOOMANYREQUESTS,
     RegistryError,
 )
 from dockermirror.reference import is_digest, new_hasher
@@ -36,6 +38,7 @@ from dockermirror.registry.model import (
     Referrers,
     TagPage,
 )
+from dockermirror.registry.quota import HubQuota
 from dockermirror.registry.schema1 import MalformedSignature, manifest_digest
 from dockermirror.routing import Target
 from dockermirror.upstream.body import BodyTooLarge
@@ -53,13 +56,29 @@ _CONTENT_RANGE = re.compile(r"bytes (?:([0-9]{1,18})-([0-9]{1,18})|\*)/([0-9]{1,
 class UpstreamRegistry:
     """:class:`~dockermirror.registry.model.Registry` answered by the upstream registries."""
 
-    def __init__(self, clients: Mapping[str, UpstreamClient], settings: UpstreamSettings) -> None:
+    def __init__(
+        self,
+        clients: Mapping[str, UpstreamClient],
+        settings: UpstreamSettings,
+        quotas: Mapping[str, HubQuota] | None = None,
+    ) -> None:
         self._clients = clients
         self._settings = settings
+        # Docker Hub's quota by registry name (not for a client's own account: that is its own).
+        self._quotas = quotas or {}
 
     async def manifest(
         self, target: Target, reference: str, accept: Sequence[str], *, head: bool = False
     ) -> Manifest:
+        quota = self._quotas.get(target.registry.name) if target.account is None else None
+        wait = quota.refusing() if quota is not None else None
+        if wait is not None:
+            raise RegistryError(
+                TOOMANYREQUESTS,
+                {"registry": target.registry.name, "name": target.name},
+                message="the upstream's pull limit is reached; the mirror waits as it asked",
+                retry_after=str(math.ceil(wait)),
+            )
         response = await self._client(target).request(
             b"HEAD" if head else b"GET",
             target.name,
@@ -67,6 +86,14 @@ class UpstreamRegistry:
             headers={b"accept": [a.encode("latin-1") for a in accept]} if accept else None,
             account=target.account,
         )
+        if quota is not None:
+            quota.observe(
+                response.header("ratelimit-limit"),
+                response.header("ratelimit-remaining"),
+                response.header("docker-ratelimit-source"),
+            )
+            if response.code == 429:
+                quota.refused(response.header("retry-after"))
         if response.code != 200:
             raise await failure_of(response, target.name, MANIFEST_UNKNOWN)
         media_type = response.header("content-type") or ""

@@ -79,6 +79,7 @@ class FilesystemStorage:
         # Requests that came while the index was being opened wait for it.
         self._opening: list[Deferred[None]] | None = None
         self._total = 0
+        self._entries = 0
         self._evicted = 0
         self._touched: dict[str, float] = {}
         self._unwritable_until = 0.0
@@ -95,6 +96,11 @@ class FilesystemStorage:
     @property
     def total(self) -> int:
         return self._total
+
+    @property
+    def entries(self) -> int:
+        """Files stored: blobs and manifests."""
+        return self._entries
 
     @property
     def evicted(self) -> int:
@@ -124,19 +130,19 @@ class FilesystemStorage:
             waiter.callback(None)
         return result
 
-    def _prepare(self) -> tuple[int, int, int]:
+    def _prepare(self) -> tuple[int, tuple[int, int]]:
         layout.claim(self.directory)  # before anything is deleted
         layout.clear_temp(self.directory)
         (self.directory / layout.BLOBS).mkdir(exist_ok=True)
         self._write_index.connect()
-        count, orphans = self._reconcile()
-        return count, orphans, self._write_index.total()
+        orphans = self._reconcile()
+        return orphans, self._write_index.totals()
 
-    def _prepared(self, result: tuple[int, int, int]) -> None:
-        count, orphans, self._total = result
+    def _prepared(self, result: tuple[int, tuple[int, int]]) -> None:
+        orphans, (self._entries, self._total) = result
         log.info(
             "cache index: {count} blobs, {total} bytes; removed {orphans} stale rows",
-            count=count,
+            count=self._entries,
             total=self._total,
             orphans=orphans,
         )
@@ -166,8 +172,8 @@ class FilesystemStorage:
         self._write_index.abandon()
         self._lookup_index.abandon()
 
-    def _reconcile(self) -> tuple[int, int]:
-        """Files and index rows agree: drop files without rows and rows without files."""
+    def _reconcile(self) -> int:
+        """Files and index rows agree: drop files without rows and rows (counted) without files."""
         indexed = self._write_index.digests()
         on_disk = set()
         for digest, path in layout.blob_files(self.directory):
@@ -178,7 +184,7 @@ class FilesystemStorage:
         missing = indexed - on_disk
         if missing:
             self._write_index.forget(missing)
-        return len(on_disk), len(missing)
+        return len(missing)
 
     # Blobs
 
@@ -262,6 +268,7 @@ class FilesystemStorage:
         def indexed(new: bool | None) -> None:
             if new:
                 self._total += size
+                self._entries += 1
             elif new is None and new_file is not None:
                 # Not indexed (the disk is full, say): a file the index does not know would
                 # escape max_size.  Readers that opened it keep their bytes.
@@ -324,6 +331,7 @@ class FilesystemStorage:
         def stored(new: bool | None) -> bool:
             if new:
                 self._total += len(body)
+                self._entries += 1
             return new is not None
 
         now = self._now()
@@ -365,9 +373,10 @@ class FilesystemStorage:
         self._evicting = True
         keep = busy | set(self._readers)
 
-        def remove() -> tuple[int, dict[str, int]]:
+        def remove() -> tuple[tuple[int, int], dict[str, int]]:
             # Counted afresh: `dockermirror cache verify` may have dropped blobs meanwhile.
-            total = self._write_index.total()
+            totals = self._write_index.totals()
+            total = totals[1]
             excess = total - int(self.max_size * _LOW_WATER)
             victims: list[str] = []
             freed = 0
@@ -380,12 +389,12 @@ class FilesystemStorage:
             for digest in victims:
                 # A reader that opened the file before keeps its bytes: unlink does not touch them.
                 self.path(digest).unlink(missing_ok=True)
-            return total, self._write_index.forget(victims)
+            return totals, self._write_index.forget(victims)
 
-        def removed(result: tuple[int, dict[str, int]] | None) -> int:
+        def removed(result: tuple[tuple[int, int], dict[str, int]] | None) -> int:
             if result is None:
                 return 0
-            self._total, victims = result
+            (self._entries, self._total), victims = result
             if not victims:
                 return 0
             freed = self._dropped(victims)
@@ -435,6 +444,7 @@ class FilesystemStorage:
             self._touched.pop(digest, None)
         freed = sum(sizes.values())
         self._total -= freed
+        self._entries -= len(sizes)
         return freed
 
     # Running blocking work off the reactor

@@ -171,8 +171,12 @@ class Index:
         ).fetchone()
         return None if row is None else TagEntry(row[0], row[1])
 
-    def total(self) -> int:
-        return int(self.db.execute("SELECT COALESCE(SUM(size), 0) FROM blobs").fetchone()[0])
+    def totals(self) -> tuple[int, int]:
+        """How many files the cache holds (blobs and manifests), and their bytes."""
+        count, size = self.db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM blobs"
+        ).fetchone()
+        return int(count), int(size)
 
     def digests(self) -> set[str]:
         return {digest for (digest,) in self.db.execute("SELECT digest FROM blobs")}

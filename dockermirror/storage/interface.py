@@ -97,6 +97,10 @@ class BlobStorage(Protocol):
         """Bytes stored."""
 
     @property
+    def entries(self) -> int:
+        """Files stored: blobs and manifests."""
+
+    @property
     def evicted(self) -> int:
         """Blobs removed by eviction since start."""
 

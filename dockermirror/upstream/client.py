@@ -42,6 +42,7 @@ from dockermirror.upstream.addresses import GuardedResolver
 from dockermirror.upstream.body import BodyTooLarge
 from dockermirror.upstream.challenge import Challenge, parse_challenges
 from dockermirror.upstream.errors import upstream_error
+from dockermirror.upstream.events import NoEvents, UpstreamEvents
 from dockermirror.upstream.heads import HeadTooLarge
 from dockermirror.upstream.response import UpstreamResponse
 
@@ -77,8 +78,10 @@ class UpstreamClient:
         settings: UpstreamSettings,
         *,
         resolver: GuardedResolver | None = None,
+        events: UpstreamEvents | None = None,
     ) -> None:
         self.registry = registry
+        self._events = events or NoEvents()
         self._agent = agent
         self._resolver = resolver
         self._clock = clock
@@ -131,6 +134,14 @@ class UpstreamClient:
         if response.code == 401 and challenge.scheme == "basic" and account is None:
             self._credentials_refused()
         return response
+
+    async def fetch(self, url: EncodedURL) -> UpstreamResponse:
+        """An anonymous GET of one of the registry's other APIs (Docker Hub's search).
+
+        Redirects are followed as for the registry's own requests; no credentials are sent.
+        """
+        _request_uri(url)  # a URL the request line can carry, or ValueError
+        return await self._send(b"GET", url, {}, None)
 
     def _credentials_refused(self) -> None:
         """Tell the operator, once a minute per registry: every pull with them will fail."""
@@ -270,6 +281,33 @@ class UpstreamClient:
         self, method: bytes, url: EncodedURL, headers: Mapping[bytes, Sequence[bytes]]
     ) -> UpstreamResponse:
         sent = self._clock.seconds()
+        try:
+            response = await self._exchange(method, url, headers)
+        except RegistryError as error:
+            problem = error.detail.get("problem") if isinstance(error.detail, dict) else None
+            self._events.failed(self.registry.name, str(problem), self._clock.seconds() - sent)
+            raise
+        self._events.answered(self.registry.name, response.code, self._clock.seconds() - sent)
+        answer = UpstreamResponse(
+            response,
+            head=method == b"HEAD",
+            registry=self.registry.name,
+            clock=self._clock,
+            settings=self._settings,
+            sent=sent,
+        )
+        encodings = [v.strip().lower() for v in answer.header_values("content-encoding")]
+        if any(encoding not in ("", "identity") for encoding in encodings):
+            answer.discard()
+            raise upstream_error(
+                self.registry.name, 502, f"{url.host} sent a {', '.join(encodings)} body"
+            )
+        return answer
+
+    async def _exchange(
+        self, method: bytes, url: EncodedURL, headers: Mapping[bytes, Sequence[bytes]]
+    ) -> IResponse:
+        """One request to its response head; transport failures become OCI errors."""
         d = self._agent.request(method, _request_uri(url), Headers(dict(headers)), None)
         timed_out = False
 
@@ -306,21 +344,7 @@ class UpstreamClient:
         finally:
             if timer.active():
                 timer.cancel()
-        answer = UpstreamResponse(
-            response,
-            head=method == b"HEAD",
-            registry=self.registry.name,
-            clock=self._clock,
-            settings=self._settings,
-            sent=sent,
-        )
-        encodings = [v.strip().lower() for v in answer.header_values("content-encoding")]
-        if any(encoding not in ("", "identity") for encoding in encodings):
-            answer.discard()
-            raise upstream_error(
-                self.registry.name, 502, f"{url.host} sent a {', '.join(encodings)} body"
-            )
-        return answer
+        return response
 
 
 def _cancelled(error: Exception) -> bool:

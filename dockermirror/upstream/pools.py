@@ -11,13 +11,16 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from dockermirror.config import MirrorConfig
 from dockermirror.upstream.addresses import GuardedReactor, GuardedResolver
 from dockermirror.upstream.client import UpstreamClient
+from dockermirror.upstream.events import UpstreamEvents
 from dockermirror.upstream.heads import BoundedConnectionPool
 
 
 class UpstreamPools(Service):
     """Owns one connection pool per upstream registry and closes them on stop."""
 
-    def __init__(self, config: MirrorConfig, reactor: Any) -> None:
+    def __init__(
+        self, config: MirrorConfig, reactor: Any, events: UpstreamEvents | None = None
+    ) -> None:
         self.pools: dict[str, HTTPConnectionPool] = {}
         self.clients: dict[str, UpstreamClient] = {}
         for name, registry in config.registries.items():
@@ -33,7 +36,7 @@ class UpstreamPools(Service):
             )
             self.pools[name] = pool
             self.clients[name] = UpstreamClient(
-                registry, agent, reactor, config.upstream, resolver=resolver
+                registry, agent, reactor, config.upstream, resolver=resolver, events=events
             )
 
     def stopService(self) -> Deferred[Any]:

@@ -31,7 +31,6 @@ from dockermirror.errors import (
     UNSUPPORTED,
     RegistryError,
 )
-from dockermirror.health import readiness
 from dockermirror.policy.access import ANONYMOUS, AccessPolicy, Identity
 from dockermirror.policy.limits import RateLimiter
 from dockermirror.reference import (
@@ -42,9 +41,12 @@ from dockermirror.reference import (
     validate_reference,
 )
 from dockermirror.registry.model import Registry
-from dockermirror.routing import Target, route_request
+from dockermirror.registry.search import HubSearch, SearchQuery
+from dockermirror.routing import Target, complete_name, registry_for_host, route_request
+from dockermirror.status import LiveStatus
 from dockermirror.web.errors import render_error
 from dockermirror.web.forwarded import client_of
+from dockermirror.web.health import render_healthz, render_readyz
 from dockermirror.web.homepage import choose_language, render_homepage
 from dockermirror.web.requests import (
     header,
@@ -75,12 +77,16 @@ class MirrorApp:
         policy: AccessPolicy,
         issuer: TokenIssuer,
         limiter: RateLimiter,
+        search: HubSearch,
+        status: Callable[[], LiveStatus],
     ) -> None:
         self._config = config
         self._registry = registry
         self._policy = policy
         self._issuer = issuer
         self._limiter = limiter
+        self._search = search
+        self._status = status
 
     def resource(self) -> IResource:
         return _Checked(self.app.resource(), self._policy)
@@ -100,20 +106,44 @@ class MirrorApp:
 
     @app.route("/healthz", methods=["GET", "HEAD"])
     def healthz(self, request: MirrorRequest) -> bytes:
-        """The process serves (for a liveness probe)."""
-        request.setHeader(b"content-type", b"application/json")
-        request.setHeader(b"cache-control", b"no-store")
-        return b'{"status": "ok"}'
+        return render_healthz(request, self._status())
 
     @app.route("/readyz", methods=["GET", "HEAD"])
     def readyz(self, request: MirrorRequest) -> bytes:
-        """Ready for its whole job (for a readiness probe): 503 while a check fails."""
-        checks = readiness(self._registry)
-        ready = all(checks.values())
-        request.setResponseCode(200 if ready else 503)
+        return render_readyz(request, self._registry)
+
+    @app.route("/v1/search", methods=["GET"])
+    async def search(self, request: MirrorRequest) -> bytes:
+        """``docker search HOST/TERM``: Docker Hub's results that this client may pull."""
+        identity = await self._identify(request)
+        self._limit(request, identity.user)
+        auth = self._config.policy.auth
+        if self._policy.login_enabled and identity == ANONYMOUS and not auth.anonymous:
+            raise RegistryError(UNAUTHORIZED, message="log in to use this mirror")
+        query = SearchQuery.parse(
+            query_value(request, "q"), query_value(request, "n"), query_value(request, "page")
+        )
+        registry = registry_for_host(self._config, host(request))
+        page = await self._search.search(registry, query)
+        # The same policy as pulls: what this client may not pull, it is not shown.
+        results = [
+            attrs.asdict(result)
+            for result in page.results
+            if self._policy.may_pull(
+                identity, Target(registry, complete_name(registry, result.name), result.name)
+            )
+        ]
         request.setHeader(b"content-type", b"application/json")
-        request.setHeader(b"cache-control", b"no-store")
-        return json.dumps({"status": "ready" if ready else "not ready", "checks": checks}).encode()
+        return json.dumps(
+            {
+                "query": page.query,
+                "page": page.page,
+                "page_size": page.page_size,
+                "num_pages": page.num_pages,
+                "num_results": page.num_results,
+                "results": results,
+            }
+        ).encode()
 
     @app.route("/v2", methods=["GET", "HEAD"])
     @app.route("/v2/", methods=["GET", "HEAD"])

@@ -13,6 +13,7 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
 from dockermirror.config import ServerSettings
+from dockermirror.metrics import Metrics
 from dockermirror.web.channel import MirrorChannel
 from dockermirror.web.connections import ConnectionCaps, RefusedConnection, client_of
 
@@ -56,9 +57,11 @@ class MirrorSite(Site):
         *,
         reactor: IReactorTime,
         settings: ServerSettings = _DEFAULTS,
+        metrics: Metrics | None = None,
     ) -> None:
         super().__init__(resource, reactor=reactor)
         self.settings = settings
+        self._metrics = metrics
         self.connections = ConnectionCaps(
             reactor, settings.max_connections, settings.max_connections_per_client
         )
@@ -89,14 +92,20 @@ class MirrorSite(Site):
 
     def _log_request(self, result: Failure | None, request: Request, started: float) -> None:
         assert isinstance(request, MirrorRequest)  # our requestFactory
+        # 499, as nginx logs it: the client left before any answer was sent.
+        status = request.code if request.startedWriting else 499
+        method = request.method.decode("ascii", "replace")
+        if self._metrics is not None:
+            self._metrics.request_done(
+                route_of(request.path), method, status, request.sentLength, request.cache
+            )
         log.info(
             "{client} {method} {path} -> {status} {outcome} ({bytes} bytes, {duration:.3f}s)"
             " route={route} user={user} cache={cache}",
             client=request.client or getattr(request.getClientAddress(), "host", "-"),
-            method=request.method.decode("ascii", "replace"),
+            method=method,
             path=request.path.decode("utf-8", "replace"),
-            # 499, as nginx logs it: the client left before any answer was sent.
-            status=request.code if request.startedWriting else 499,
+            status=status,
             outcome="aborted" if isinstance(result, Failure) else "complete",
             bytes=request.sentLength,
             duration=self.reactor.seconds() - started,
@@ -104,3 +113,28 @@ class MirrorSite(Site):
             user=request.account or "-",
             cache=request.cache or "-",
         )
+
+
+_NAMED_ROUTES = {
+    b"/": "home",
+    b"/healthz": "health",
+    b"/readyz": "health",
+    b"/v2": "base",
+    b"/v2/": "base",
+    b"/v2/auth": "auth",
+    b"/v1/search": "search",
+}
+_API_ROUTES = {b"manifests": "manifests", b"blobs": "blobs", b"referrers": "referrers"}
+
+
+def route_of(path: bytes) -> str:
+    """The kind of endpoint a path is, for metrics: a few values, never a repository name."""
+    named = _NAMED_ROUTES.get(path)
+    if named is not None:
+        return named
+    if not path.startswith(b"/v2/"):
+        return "other"
+    segments = path.rstrip(b"/").split(b"/")
+    if segments[-2:] == [b"tags", b"list"]:
+        return "tags"
+    return _API_ROUTES.get(segments[-2], "other") if len(segments) >= 5 else "other"
