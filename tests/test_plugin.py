@@ -257,3 +257,6 @@ def test_json_logger_for_twistd() -> None:
     events = [json.loads(line.strip("\x1e")) for line in out.decode().splitlines() if line.strip()]
     access = [e for e in events if e.get("log_namespace") == "dockermirror.access"]
     assert access and access[0]["path"] == "/v2/" and access[0]["status"] == 200
+    # The fields README.rst documents for the access log, each one an event key.
+    documented = {"log_time", "client", "user", "method", "path", "route", "status", "bytes"}
+    assert documented | {"duration", "cache", "outcome"} <= set(access[0])
