@@ -5,7 +5,9 @@ Three ways to name a registry, most explicit first:
 1. a path prefix: ``/v2/ghcr.io/owner/image/...`` (a first part with a dot, or
    ``localhost``, as Docker tells registries from Docker Hub namespaces);
 2. containerd's ``?ns=ghcr.io`` parameter;
-3. the host name the client used, through the ``[routes]`` table (``*`` as default).
+3. the host name the client used, through the ``[routes]`` table (``*`` as default);
+   an ``ns`` naming the registry the Host routes to selects it too, whatever its
+   ``by_prefix``: containerd sends one with every request.
 
 Prefixes and ``ns`` only ever select a registry the configuration knows by name
 (well-known or defined under ``[registries]``), so neither turns the mirror into
@@ -43,7 +45,9 @@ def route_request(config: MirrorConfig, host: str, name: str, ns: str | None) ->
     validate_name(name)
     registry, upstream_name = _registry_by_prefix(config, name)
     if registry is None and ns:
-        registry = _by_name(config, ns)
+        # containerd names the registry it resolves in every request: the one the Host
+        # routes to is served that way too, by_prefix or not.
+        registry = _by_name(config, ns) or _routed_as(config, host, ns)
         if registry is None:
             raise RegistryError(
                 DENIED,
@@ -104,6 +108,17 @@ def _registry_by_prefix(config: MirrorConfig, name: str) -> tuple[Registry | Non
         if registry is not None:
             return registry, rest
     return None, name
+
+
+def _routed_as(config: MirrorConfig, host: str, ns: str) -> Registry | None:
+    """The Host's registry, when ``ns`` names it (by name, or by its URL's host and port)."""
+    registry = config.registry_for_host(strip_port(host.lower()))
+    if registry is None:
+        return None
+    url = registry.url
+    default_port = {"http": 80, "https": 443}.get(url.scheme)
+    authority = url.host if url.port in (None, default_port) else f"{url.host}:{url.port}"
+    return registry if ns in (registry.name, authority) else None
 
 
 def _by_name(config: MirrorConfig, name: str) -> Registry | None:

@@ -335,6 +335,16 @@ def test_a_registry_with_credentials_is_reached_only_by_its_host_route(
         "GET", "/v2/acme/private/manifests/1?ns=private.test", headers=ACCEPT
     )
     assert harness.error(response) == (403, "DENIED")
+    # containerd names the registry in every request: through the Host that routes to it,
+    # that name reaches it.
+    registry.requests.clear()
+    via_containerd = harness.request(
+        "GET",
+        "http://private.example.com/v2/acme/private/manifests/1?ns=private.test",
+        headers=ACCEPT,
+    )
+    assert via_containerd.code == 200
+    assert [uri for _, uri, _ in registry.requests] == ["/v2/acme/private/manifests/1"]
 
 
 def test_well_known_registries_can_be_switched_off(registry: FakeRegistry) -> None:

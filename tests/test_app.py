@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
 
-from dockermirror.web.homepage import choose_language
 from tests.fakes import FakeRegistry, Harness
 
 
@@ -70,67 +68,7 @@ def test_expired_token_is_refused(harness: Harness) -> None:
     assert harness.error(response) == (401, "UNAUTHORIZED")
 
 
-def test_usage_page_shows_the_visited_host(harness: Harness) -> None:
-    response = harness.request("GET", "http://docker.example.com:5000/")
-    assert response.code == 200
-    assert response.headers.getRawHeaders("content-type") == ["text/html; charset=utf-8"]
-    page = harness.body(response).decode()
-    assert "docker pull docker.example.com:5000/library/redis" in page
-    assert "docker tag docker.example.com:5000/library/redis redis" in page
-    assert '"registry-mirrors": ["http://docker.example.com:5000"]' in page
-    assert "/etc/containerd/certs.d/docker.io/hosts.toml" in page
-    assert '[host."http://docker.example.com:5000"]' in page
-    assert 'location = "docker.example.com:5000"' in page
-    assert 'server = "https://registry-1.docker.io"' in page
-    assert "ghcr.example.com" in page  # the route table
-    # Self-contained: nothing loaded from elsewhere.
-    assert not re.search(r"<(link|script|img)\b", page)
-    assert "@import" not in page
-
-
-def test_usage_page_for_another_registry(harness: Harness) -> None:
-    page = harness.body(harness.request("GET", "http://ghcr.example.com/")).decode()
-    assert "docker pull ghcr.example.com/NAMESPACE/IMAGE" in page
-    assert "/etc/containerd/certs.d/ghcr.io/hosts.toml" in page
-    assert "registry-mirrors" not in page  # Docker mirrors Docker Hub only
-
-
 def test_a_host_header_that_is_no_host_is_refused_unechoed(harness: Harness) -> None:
     response = harness.request("GET", "/", headers={"Host": "<script>alert(1)</script>"})
     assert harness.error(response) == (400, "UNSUPPORTED")
     assert b"<script>" not in harness.body(response)
-
-
-def test_usage_page_never_shows_credentials() -> None:
-    toml = {
-        "registries": {
-            "docker.io": {"url": "http://upstream.test", "username": "bot", "password": "s3cret"}
-        }
-    }
-    harness = Harness(FakeRegistry(), toml)
-    response = harness.request("GET", "/")
-    assert response.code == 200
-    assert "s3cret" not in harness.body(response).decode()
-
-
-def test_usage_page_in_chinese(harness: Harness) -> None:
-    response = harness.request("GET", "/", headers={"Accept-Language": "zh-CN,zh;q=0.9,en;q=0.8"})
-    page = harness.body(response).decode()
-    assert '<html lang="zh-CN">' in page
-    assert "拉取镜像" in page
-
-
-@pytest.mark.parametrize(
-    ("header", "language"),
-    [
-        (None, "en"),
-        ("zh-CN", "zh"),
-        ("en-US,en;q=0.9,zh;q=0.8", "en"),
-        ("fr-FR,zh-TW;q=0.5,en;q=0.4", "zh"),
-        ("de", "en"),
-        ("zh;q=0,en", "en"),
-        ("zh;q=bad, en", "en"),
-    ],
-)
-def test_language_choice(header: str | None, language: str) -> None:
-    assert choose_language(header) == language

@@ -47,7 +47,12 @@ from dockermirror.status import LiveStatus
 from dockermirror.web.errors import render_error
 from dockermirror.web.forwarded import client_of
 from dockermirror.web.health import render_healthz, render_readyz
-from dockermirror.web.homepage import choose_language, render_homepage
+from dockermirror.web.homepage import (
+    CONTENT_SECURITY_POLICY,
+    choose_language,
+    content_language,
+    render_homepage,
+)
 from dockermirror.web.requests import (
     header,
     header_values,
@@ -94,14 +99,21 @@ class MirrorApp:
     @app.route("/", methods=["GET", "HEAD"])
     def home(self, request: MirrorRequest) -> bytes:
         client_host = host(request)
+        language = choose_language(
+            header(request, b"accept-language"), query_value(request, "lang")
+        )
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        request.setHeader(b"content-language", content_language(language).encode())
+        request.setHeader(b"content-security-policy", CONTENT_SECURITY_POLICY.encode())
         request.setHeader(b"vary", b"Accept-Language, Host")
+        request.setHeader(b"cache-control", b"no-store")  # it shows live status
         return render_homepage(
             self._config,
             self._config.registry_for_host(strip_port(client_host.lower())),
             client_host,
             request.scheme,
-            choose_language(header(request, b"accept-language")),
+            language,
+            self._status(),
         )
 
     @app.route("/healthz", methods=["GET", "HEAD"])
