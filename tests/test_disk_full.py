@@ -240,7 +240,7 @@ def test_streaming_through_pauses_the_upstream_for_the_slowest_client(
     clients = [Client(slow=False), Client(slow=True)]
     whole = ByteRange(0, len(BIG) - 1)
     done = [
-        FileStream(fill.reader(0), whole, fill, clock, 60).deliver(client) for client in clients
+        FileStream(fill.reader(), whole, fill, clock, 60).deliver(client) for client in clients
     ]
     clock.advance(0)
     sent = most_held = 0

@@ -471,7 +471,7 @@ class _ColdBlob:
     ) -> BlobBody:
         byte_range = wanted.resolve(fill.size) if wanted else None
         whole = byte_range or ByteRange(0, fill.size - 1)
-        stream = self._cache.file_stream(fill.reader(whole.first), whole, fill)
+        stream = self._cache.file_stream(fill.reader(), whole, fill)
         info = BlobInfo(self.digest, fill.size, OCTET_STREAM, self._cache.count(outcome))
         return BlobBody(info, byte_range, stream)
 
@@ -498,7 +498,7 @@ class _StoredBlob:
         byte_range = wanted.resolve(self._size) if wanted else None
         whole = byte_range or ByteRange(0, self._size - 1)
         try:
-            reader = await self._cache.storage.open_blob(self.digest, whole.first)
+            reader = await self._cache.storage.open_blob(self.digest)
         except OSError:
             return await self._cold.open(wanted)  # removed since the lookup: fetch it again
         self._cache.storage.touch(self.digest)

@@ -123,8 +123,8 @@ class Fill:
         # asked for is past the end, they left while the upstream answered), none will.
         self._clock.callLater(0, self._check_detached)
 
-    def reader(self, offset: int) -> BlobReader:
-        return self._writer.reader(offset)
+    def reader(self) -> BlobReader:
+        return self._writer.reader()
 
     @property
     def announced(self) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -99,6 +99,18 @@ class RangeRequest:
             raise RangeNotSatisfiable(size)
         last = size - 1 if self.last is None else min(self.last, size - 1)
         return ByteRange(first, last)
+
+
+@runtime_checkable
+class FileSender(Protocol):
+    """A consumer that can send bytes of a local file itself (``sendfile``), besides writing."""
+
+    def send_file(self, fd: int, offset: int, count: int) -> int | None:
+        """Send up to ``count`` bytes of ``fd`` from ``offset``; how many went.
+
+        None: not now, write them instead.  Fewer than ``count``: the consumer
+        resumes its producer when it can take more.  ``OSError``: it failed.
+        """
 
 
 class ByteStream(Protocol):

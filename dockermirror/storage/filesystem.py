@@ -29,7 +29,7 @@ import sqlite3
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import TypeVar
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -66,8 +66,11 @@ class FilesystemStorage:
         *,
         lookups: Worker,
         writes: Worker,
+        owner: bool = True,
     ) -> None:
+        """``owner`` False: another process (a running mirror) may own the directory."""
         self.directory = directory
+        self._owner = owner
         self.max_size = max_size
         self.min_free = min_free
         self._clock = clock
@@ -132,8 +135,14 @@ class FilesystemStorage:
 
     def _prepare(self) -> tuple[int, tuple[int, int]]:
         layout.claim(self.directory)  # before anything is deleted
-        layout.clear_temp(self.directory)
         (self.directory / layout.BLOBS).mkdir(exist_ok=True)
+        if not self._owner:
+            # What the owner left in tmp/ are its downloads under way, and a file without an
+            # index row may be one it renamed an instant before writing the row.
+            (self.directory / layout.TMP).mkdir(exist_ok=True)
+            self._write_index.connect()
+            return 0, self._write_index.totals()
+        layout.clear_temp(self.directory)
         self._write_index.connect()
         orphans = self._reconcile()
         return orphans, self._write_index.totals()
@@ -215,9 +224,9 @@ class FilesystemStorage:
 
         return self._lookup(look, None).addCallback(found)
 
-    def open_blob(self, digest: str, offset: int) -> Deferred[BlobReader]:
+    def open_blob(self, digest: str) -> Deferred[BlobReader]:
         try:
-            return succeed(self._reader(self.path(digest), digest, offset))
+            return succeed(self._reader(self.path(digest), digest))
         except OSError as e:
             return fail(e)
 
@@ -248,11 +257,10 @@ class FilesystemStorage:
             return False
         return size <= self.max_size and free - size >= self.min_free
 
-    def _reader(self, path: Path, digest: str, offset: int) -> _FileReader:
-        file = open(path, "rb")
-        file.seek(offset)
+    def _reader(self, path: Path, digest: str) -> _FileReader:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         self._readers[digest] += 1
-        return _FileReader(file, lambda: self._reader_closed(digest))
+        return _FileReader(fd, lambda: self._reader_closed(digest))
 
     def _reader_closed(self, digest: str) -> None:
         self._readers[digest] -= 1
@@ -489,18 +497,23 @@ def _locked(error: Exception) -> bool:
 
 
 class _FileReader:
-    def __init__(self, file: BinaryIO, on_close: Callable[[], None]) -> None:
-        self._file = file
+    """Positional reads (no shared file position), so ``sendfile`` and reads can take turns."""
+
+    def __init__(self, fd: int, on_close: Callable[[], None]) -> None:
+        self._fd = fd
         self._on_close = on_close
         self._closed = False
 
-    def read(self, size: int) -> bytes:
-        return self._file.read(size)
+    def read(self, offset: int, size: int) -> bytes:
+        return os.pread(self._fd, size, offset)
+
+    def fileno(self) -> int | None:
+        return self._fd
 
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            self._file.close()
+            os.close(self._fd)
             self._on_close()
 
 
@@ -524,9 +537,9 @@ class _PendingBlob:
             self._storage.report_write_failure(e)
             raise
 
-    def reader(self, offset: int) -> BlobReader:
+    def reader(self) -> BlobReader:
         # After the rename, _path names the final file: later readers open that.
-        return self._storage._reader(self._path, self._digest, offset)
+        return self._storage._reader(self._path, self._digest)
 
     def commit(self) -> Deferred[None]:
         final = self._storage.path(self._digest)

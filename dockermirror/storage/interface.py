@@ -62,10 +62,13 @@ class StoredManifest:
 
 
 class BlobReader(Protocol):
-    """Reads a stored or filling blob from an offset (a fast local read, like Twisted's static)."""
+    """Reads a stored or filling blob (a fast local read, like Twisted's static)."""
 
-    def read(self, size: int) -> bytes:
-        """Up to ``size`` bytes; fewer (or none) at the end of what is there so far."""
+    def read(self, offset: int, size: int) -> bytes:
+        """Up to ``size`` bytes from ``offset``; fewer (or none) at the end of what is there."""
+
+    def fileno(self) -> int | None:
+        """The open file, for ``sendfile``; None when the bytes are not in a local file."""
 
     def close(self) -> None: ...
 
@@ -76,7 +79,7 @@ class BlobWriter(Protocol):
     def write(self, data: bytes) -> None:
         """Append ``data``; ``OSError`` when the storage will not have it."""
 
-    def reader(self, offset: int) -> BlobReader:
+    def reader(self) -> BlobReader:
         """A reader of what was written so far, and of what will be; ``OSError`` on failure."""
 
     def commit(self) -> Deferred[None]:
@@ -116,7 +119,7 @@ class BlobStorage(Protocol):
     def stored_blob(self, digest: str, scope: Scope) -> Deferred[BlobEntry | None]:
         """A stored blob the scope's upstream identity may be served, else None."""
 
-    def open_blob(self, digest: str, offset: int) -> Deferred[BlobReader]: ...
+    def open_blob(self, digest: str) -> Deferred[BlobReader]: ...
 
     def local_path(self, digest: str) -> str | None:
         """Where a stored blob lies on this machine, for backends that keep local files."""

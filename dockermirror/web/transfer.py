@@ -12,6 +12,7 @@ from dockermirror.errors import UNAVAILABLE, RegistryError
 from dockermirror.registry.model import ByteStream
 from dockermirror.registry.streams import ConsumerStalled
 from dockermirror.web.errors import render_error
+from dockermirror.web.sendfile import SendfileConsumer
 
 log = Logger()
 
@@ -36,7 +37,7 @@ class StreamResource(Resource):
         self._stream = stream
 
     def render(self, request: Request) -> int:
-        d = self._stream.deliver(request)
+        d = self._stream.deliver(SendfileConsumer.wrap(request))
         request.notifyFinish().addErrback(lambda _: d.cancel())
         d.addCallbacks(lambda _: request.finish(), self._failed, errbackArgs=(request,))
         return NOT_DONE_YET
