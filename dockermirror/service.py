@@ -29,6 +29,7 @@ from dockermirror.registry.model import Registry
 from dockermirror.registry.quota import HubQuota
 from dockermirror.registry.search import HubSearch
 from dockermirror.registry.upstream import UpstreamRegistry
+from dockermirror.routing import Target
 from dockermirror.storage.filesystem import FilesystemStorage
 from dockermirror.storage.scrub import Scrub
 from dockermirror.storage.workers import ThreadWorker, Worker
@@ -129,6 +130,16 @@ def hub_quotas(config: MirrorConfig, clock: Any) -> dict[str, HubQuota]:
         for name, registry in config.registries.items()
         if registry.docker_hub and not registry.passthrough
     }
+
+
+def quota_holds(quotas: Mapping[str, HubQuota]) -> Callable[[Target], bool]:
+    """Whether warming must wait for a target: its Docker Hub quota holds."""
+
+    def hold(target: Target) -> bool:
+        quota = quotas.get(target.registry.name)
+        return quota is not None and quota.holding()
+
+    return hold
 
 
 def build_registry(

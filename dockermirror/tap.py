@@ -23,6 +23,7 @@ from dockermirror.config import (
     parse_assignment,
 )
 from dockermirror.metrics import Metrics
+from dockermirror.prefetch import PrefetchService
 from dockermirror.service import (
     Announcement,
     build_metrics_site,
@@ -30,6 +31,7 @@ from dockermirror.service import (
     build_site,
     hub_quotas,
     load_users,
+    quota_holds,
     token_key,
 )
 from dockermirror.upstream.pools import UpstreamPools
@@ -186,4 +188,8 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     metrics_site = build_metrics_site(config, registry, metrics)
     for port in config.metrics_ports:
         Listener(port, metrics_site, reactor, " for metrics").setServiceParent(top)
+    if cache is not None and config.prefetch:
+        # Last, so that it stops first; without a cache it would download everything again.
+        hold = quota_holds(metrics.quotas)
+        PrefetchService(config, registry, reactor, hold).setServiceParent(top)
     return top
