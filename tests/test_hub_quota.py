@@ -238,3 +238,22 @@ def test_hub_header_shapes() -> None:
     assert (quota.reading().limit, quota.reading().remaining) == (200, 150)
     quota.observe(None, None, None)  # an unlimited account's answer changes nothing
     assert quota.reading().remaining == 150
+
+
+def test_warming_waits_while_the_quota_holds() -> None:
+    """What the prefetch service is given: Docker Hub's targets wait at the floor, others not."""
+    from dockermirror.config import build_config
+    from dockermirror.routing import target_for_image
+    from dockermirror.service import hub_quotas, quota_holds
+
+    clock = Clock()
+    config = build_config({"docker_hub": {"quota_floor": 5}})
+    quotas = hub_quotas(config, clock)
+    hold = quota_holds(quotas)
+    hub_image, _ = target_for_image(config, "redis:7")
+    other, _ = target_for_image(config, "ghcr.io/owner/tool:1")
+    assert not hold(hub_image)
+    quotas["docker.io"].observe("100;w=21600", "5;w=21600", None)
+    assert hold(hub_image) and not hold(other)
+    clock.advance(21601)
+    assert not hold(hub_image)
