@@ -21,9 +21,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.task import Clock
 from twisted.web.server import Request
 
+from dockermirror.config import build_config
 from dockermirror.reference import digest_of
 from dockermirror.registry.quota import MAX_RETRY, HubQuota
-from dockermirror.service import build_metrics_site
+from dockermirror.routing import target_for_image
+from dockermirror.service import build_metrics_site, hub_quotas, quota_holds
 from tests.fakes import FakeRegistry, Harness, json_error, result_of, stub_client
 
 OCI = "application/vnd.oci.image.manifest.v1+json"
@@ -242,10 +244,6 @@ def test_hub_header_shapes() -> None:
 
 def test_warming_waits_while_the_quota_holds() -> None:
     """What the prefetch service is given: Docker Hub's targets wait at the floor, others not."""
-    from dockermirror.config import build_config
-    from dockermirror.routing import target_for_image
-    from dockermirror.service import hub_quotas, quota_holds
-
     clock = Clock()
     config = build_config({"docker_hub": {"quota_floor": 5}})
     quotas = hub_quotas(config, clock)
