@@ -7,7 +7,6 @@ from typing import Any
 import attrs
 from twisted.application import strports
 from twisted.application.service import MultiService
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
@@ -15,13 +14,7 @@ from twisted.web.server import Site
 
 from dockermirror.auth.htpasswd import HtpasswdError
 from dockermirror.auth.keys import TokenKeyError
-from dockermirror.config import (
-    ConfigError,
-    MirrorConfig,
-    build_config,
-    load_toml,
-    parse_assignment,
-)
+from dockermirror.config import ConfigError, MirrorConfig, load_toml, parse_assignment
 from dockermirror.metrics import Metrics
 from dockermirror.prefetch import PrefetchService
 from dockermirror.service import (
@@ -35,6 +28,7 @@ from dockermirror.service import (
     token_key,
 )
 from dockermirror.upstream.pools import UpstreamPools
+from dockermirror.validation import Overrides, validate
 from dockermirror.web import descriptors
 
 log = Logger()
@@ -83,24 +77,22 @@ class Options(usage.Options):
         self["registry"].append(assignment)
 
     def postOptions(self) -> None:
+        """The checks `dockermirror check-config` makes; every problem on one line."""
         try:
             data = load_toml(self["config"]) if self["config"] else {}
-            self["mirror"] = build_config(
-                data,
-                ports=self["port"],
-                routes=[parse_assignment(v, "route") for v in self["route"]],
-                registries=[parse_assignment(v, "registry") for v in self["registry"]],
+            overrides = Overrides(
+                ports=tuple(self["port"]),
+                routes=tuple(parse_assignment(v, "route") for v in self["route"]),
+                registries=tuple(parse_assignment(v, "registry") for v in self["registry"]),
                 cache=_cache_overrides(self),
-                metrics_ports=self["metrics-port"],
+                metrics_ports=tuple(self["metrics-port"]),
             )
         except ConfigError as e:
             raise StartupError(str(e)) from None
-        for port in (*self["mirror"].ports, *self["mirror"].metrics_ports):
-            try:
-                # Parsing only: the endpoint does not touch the reactor until it listens.
-                serverFromString(None, port)
-            except (ValueError, KeyError, TypeError, OSError) as e:
-                raise StartupError(f"port {port!r}: {e}") from None
+        validated = validate(data, overrides)
+        if validated.config is None or validated.problems:
+            raise StartupError("; ".join(validated.problems))
+        self["mirror"] = validated.config
 
 
 class StartupError(SystemExit, Exception):
@@ -121,7 +113,14 @@ class Listener(MultiService):
         super().__init__()
         self.description = description
         self._what = what
-        strports.service(description, site, reactor=reactor).setServiceParent(self)
+        try:
+            service = strports.service(description, site, reactor=reactor)
+        except IndexError:
+            # A systemd: endpoint names a socket systemd passes; none was (no LISTEN_FDS).
+            raise StartupError(
+                f"cannot listen on {description}: systemd passed no such socket"
+            ) from None
+        service.setServiceParent(self)
 
     def privilegedStartService(self) -> None:
         try:

@@ -4,7 +4,8 @@ A cache with good blobs and a damaged one: the damaged one is reported and
 dropped (exit 1), then all is intact (exit 0); a directory that is no cache and
 a usage error exit 2.  It runs beside a mirror on the same directory: it waits
 for a lock the mirror holds, and the mirror, which sees the blob gone, counts
-its cache afresh before it evicts anything.
+its cache afresh before it evicts anything.  Also the command as a whole: its
+usage errors, its help naming the exit statuses, ``python3 -m dockermirror.cli``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import pytest
 from twisted.internet.task import Clock
 
 from dockermirror import cli
+from dockermirror.cli import verify as verify_command
 from dockermirror.reference import digest_of
 from dockermirror.storage.filesystem import FilesystemStorage
 from dockermirror.storage.index import Index
@@ -171,7 +173,18 @@ def test_a_directory_that_is_no_cache_is_left_alone(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "args", [[], ["cache"], ["cache", "frobnicate"], ["cache", "verify", "x"]]
+    "args",
+    [
+        [],
+        ["cache"],
+        ["cache", "frobnicate"],
+        ["cache", "verify", "x"],
+        ["cache", "purge"],
+        ["cache", "ls", "a", "b"],
+        ["check-config"],
+        ["htpasswd", "add", "alice"],  # no file named
+        ["htpasswd", "add", "--file", "f", "--cost", "3", "alice"],
+    ],
 )
 def test_a_usage_error_exits_2(args: list[str]) -> None:
     result = subprocess.run(
@@ -216,7 +229,7 @@ def test_a_blob_evicted_while_it_is_checked_is_no_damage(
 ) -> None:
     """A running mirror may evict a blob the command is about to check: gone is not damaged."""
     good = digest_of(GOOD)
-    real_check = cli.check_file
+    real_check = verify_command.check_file
 
     def evicted_meanwhile(path: Path, stored: Stored) -> Damage | None:
         if stored.digest == good:
@@ -227,12 +240,12 @@ def test_a_blob_evicted_while_it_is_checked_is_no_damage(
             db.close()
         return real_check(path, stored)
 
-    monkeypatch.setattr(cli, "check_file", evicted_meanwhile)
+    monkeypatch.setattr(verify_command, "check_file", evicted_meanwhile)
     index = Index(cache / "index.sqlite", writer=True)
     index.connect()
     out = io.StringIO()
     try:
-        assert cli.verify_cache(cache, index, out) == cli.DAMAGED
+        assert verify_command.verify_cache(cache, index, out, io.StringIO()) == 1
     finally:
         index.close()
     assert out.getvalue().count("damaged") == 2  # the rotted blob's line, and the summary
@@ -258,3 +271,62 @@ def test_it_runs_as_a_module_too(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert (tmp_path / "foreign").read_text() == "not the mirror's"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        [],
+        ["cache"],
+        ["cache", "verify"],
+        ["cache", "stats"],
+        ["cache", "ls"],
+        ["cache", "purge"],
+        ["check-config"],
+        ["htpasswd"],
+        ["htpasswd", "add"],
+        ["htpasswd", "remove"],
+    ],
+)
+def test_every_help_names_the_exit_statuses(
+    command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main([*command, "--help"])
+    assert exited.value.code == 0
+    text = " ".join(capsys.readouterr().out.split()).lower()
+    assert "exit status: 0" in text
+    assert ", 2 " in text or "; 2 " in text
+
+
+def test_the_cache_directory_comes_from_the_configuration(
+    cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "mirror.toml"
+    config.write_text(f'[cache]\ndir = "{cache}"\n')
+    assert cli.main(["cache", "verify", "--config", str(config)]) == 1
+    assert capsys.readouterr().out.endswith(": 1 damaged\n")
+    # --cache-dir wins over the configuration.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    assert (
+        cli.main(["cache", "verify", "--config", str(config), "--cache-dir", str(elsewhere)]) == 2
+    )
+    assert capsys.readouterr().err == (
+        f"dockermirror: cannot verify the cache in {elsewhere}: {elsewhere} is no dockermirror"
+        " cache\n"
+    )
+
+
+def test_a_configuration_it_cannot_use_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "mirror.toml"
+    config.write_text("[cache]\nmax_size = 'lots'\n")
+    assert cli.main(["cache", "stats", "--config", str(config)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == (
+        f"dockermirror: {config}: cache.max_size: 'lots' is not a size (e.g. 50GiB, 500MB or a"
+        " byte count)\n"
+    )

@@ -198,6 +198,15 @@ def test_port_in_use_is_a_startup_failure() -> None:
     assert "Traceback" not in output
 
 
+def test_a_systemd_port_without_systemd_is_a_startup_failure() -> None:
+    """Run by hand, the unit's command line has no socket to adopt: one line, no traceback."""
+    result = twistd("dockermirror", "--port", "systemd:domain=INET:index=0")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "dockermirror: cannot listen on systemd:domain=INET:index=0: systemd passed" in output
+    assert "Traceback" not in output
+
+
 @contextmanager
 def running_twistd(*args: str, port: int, cwd: Path = ROOT) -> Iterator[subprocess.Popen[bytes]]:
     """twistd in the background, once it answers /v2/ on ``port``; stopped afterwards."""

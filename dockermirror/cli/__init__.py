@@ -1,91 +1,97 @@
-"""The operator's command, ``dockermirror``: for now, ``dockermirror cache verify``.
+"""The operator's command, ``dockermirror`` (also ``python3 -m dockermirror.cli``).
 
-``cache verify`` does on demand, at full speed, what the mirror's background
-scrub does: every cached blob is re-hashed against its digest, and a damaged
-one is dropped (file and index rows) so that the mirror fetches it again.  It
-may run while a mirror uses the same directory: the index is SQLite, each
-change is one short transaction, retried while the mirror holds a lock, and a
-blob the mirror stored afresh meanwhile is left alone.
+::
 
-Exit status: 0 when everything was intact, 1 when damage was found (and
-dropped), 2 on a usage error or a directory or index it cannot use.
+    dockermirror check-config FILE          the mirror's start-up checks, every problem named
+    dockermirror cache stats [--json]       what the cache holds, per upstream registry
+    dockermirror cache ls [REPO] [--json]   repositories and tags; one repository in detail
+    dockermirror cache purge NAME[:TAG]|DIGEST
+                                            remove tags, and what only they used
+    dockermirror cache verify               re-hash every blob; drop the damaged ones
+    dockermirror cache warm REF...|--file F pull images into a mirror's cache ahead of time
+    dockermirror htpasswd add|remove USER   the mirror's users
+
+The cache commands take ``--cache-dir DIR`` or ``--config FILE`` (the
+configuration's ``cache.dir``, and its registry names), and may run while a
+mirror uses the same directory.  On a terminal, long runs draw a progress bar
+on stderr; piped, they print only their results.
+
+Exit status, the same for every command:
+
+- 0: done (the cache intact, the configuration valid, something removed);
+- 1: the command's "no": damage found (and dropped), problems in the
+  configuration, nothing matched or nothing was removed, no such user;
+- 2: it could not do its job: a usage error, a cache, index, configuration or
+  file it cannot use; one line on stderr, ``dockermirror: ...``;
+- 130: interrupted.
+
+(``cache warm --mirror URL`` works through a running mirror over HTTP rather
+than on a directory.)
+
+Each subcommand lives in its own module, which exposes ``add_parser(commands)``:
+it adds its parser to ``commands`` (an argparse subparsers object) with
+``command`` set to a function of the parsed arguments returning the exit status
+(see :mod:`dockermirror.cli.common`).
 """
 
 from __future__ import annotations
 
 import argparse
-import sqlite3
+import os
 import sys
-import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import TextIO
 
-from dockermirror.config import default_cache_dir
-from dockermirror.storage import layout
-from dockermirror.storage.index import Index
-from dockermirror.storage.layout import NotACache
-from dockermirror.storage.verify import check_file, drop
+from dockermirror.cli import checkconfig, htpasswd, ls, purge, stats, verify, warm
+from dockermirror.cli.common import FAILED, CommandError
 
-INTACT, DAMAGED, FAILED = 0, 1, 2
+# The subcommands of ``dockermirror cache``, and of ``dockermirror`` itself.
+CACHE_COMMANDS = (stats, ls, purge, verify, warm)
+COMMANDS = (checkconfig, htpasswd)
+INTERRUPTED = 130
+
+_EXIT_STATUS = """\
+exit status: 0 done; 1 the command's "no" (damage found, problems in the
+configuration, nothing matched or removed, no such user); 2 an error (usage,
+or a cache, configuration or file that cannot be used; one line on stderr);
+130 interrupted.
+"""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)  # a usage error exits with 2
+    args = parser().parse_args(argv)  # a usage error exits with 2
     command: Callable[[argparse.Namespace], int] = args.command
-    return command(args)
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dockermirror", description="Work on a mirror's cache.")
-    commands = parser.add_subparsers(metavar="COMMAND", required=True)
-    cache = commands.add_parser("cache", help="the cache directory")
-    cache_commands = cache.add_subparsers(metavar="COMMAND", required=True)
-    verify = cache_commands.add_parser(
-        "verify", help="re-hash every cached blob; drop those that no longer match their digest"
-    )
-    verify.add_argument(
-        "--cache-dir",
-        default=default_cache_dir(),
-        metavar="DIR",
-        help="the cache directory (default: the mirror's, %(default)s)",
-    )
-    verify.set_defaults(command=_verify)
-    return parser
-
-
-def _verify(args: argparse.Namespace) -> int:
-    directory = Path(args.cache_dir)
-    index = Index(directory / layout.INDEX, writer=True)
     try:
-        layout.recognise(directory)
-        index.retrying(index.connect)
-        return verify_cache(directory, index, sys.stdout)
-    except (NotACache, sqlite3.Error, OSError) as e:
-        print(f"dockermirror: cannot verify the cache in {directory}: {e}", file=sys.stderr)
+        return command(args)
+    except CommandError as e:
+        print(f"dockermirror: {e}", file=sys.stderr)
         return FAILED
-    finally:
-        index.close()
+    except KeyboardInterrupt:
+        return INTERRUPTED
+    except BrokenPipeError:
+        # The reader of stdout has gone (``| head``): end quietly, as other tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return FAILED
 
 
-def verify_cache(directory: Path, index: Index, out: TextIO) -> int:
-    """Check every blob the index holds; one line per damaged blob, then a summary."""
-    checked = checked_bytes = damaged = 0
-    for stored in index.retrying(index.stored):
-        path = layout.blob_path(directory, stored.digest)
-        damage = check_file(path, stored)
-        checked += 1
-        checked_bytes += stored.size
-        if damage is None:
-            index.retrying(index.mark_verified, stored.digest, time.time())
-            continue
-        dropped = index.retrying(drop, index, path, damage)
-        if dropped == {}:
-            continue  # it left the cache while it was checked (a running mirror evicted it)
-        damaged += 1
-        outcome = "dropped" if dropped else "a fresh copy has replaced it since"
-        print(f"damaged {stored.digest}: {damage.problem}; {outcome}", file=out)
-    blobs = "blob" if checked == 1 else "blobs"
-    found = f"{damaged} damaged" if damaged else "all intact"
-    print(f"checked {checked} {blobs}, {checked_bytes} bytes: {found}", file=out)
-    return DAMAGED if damaged else INTACT
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="dockermirror",
+        description="Operate a dockermirror: check its configuration, look after its cache,"
+        " manage its users.",
+        epilog=_EXIT_STATUS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = top.add_subparsers(metavar="COMMAND", required=True)
+    for module in COMMANDS:
+        module.add_parser(commands)
+    cache = commands.add_parser(
+        "cache",
+        help="the cache directory: stats, ls, purge, verify, warm",
+        description="Work on a mirror's cache directory, also while the mirror runs.",
+        epilog=_EXIT_STATUS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    cache_commands = cache.add_subparsers(metavar="COMMAND", required=True)
+    for module in CACHE_COMMANDS:
+        module.add_parser(cache_commands)
+    return top
