@@ -8,6 +8,7 @@ OCI error code; the same cases through real clients are in
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,11 @@ from typing import Any
 import bcrypt
 import jwt
 import pytest
+from twisted.internet.address import IPv6Address
+from twisted.web.test.requesthelper import DummyRequest
 
 from dockermirror.reference import digest_of
+from dockermirror.web.forwarded import client_of
 from tests.fakes import FakeRegistry, Harness
 
 MANIFEST = json.dumps({"schemaVersion": 2, "mediaType": "application/x-m"}).encode()
@@ -414,3 +418,13 @@ def test_a_mirror_users_wrong_password_is_never_passed_upstream(
         headers=basic("carol", "her upstream password"),
     )
     assert response.code == 200
+
+
+def test_a_proxy_on_a_dual_stack_socket_is_known_by_its_ipv4_address() -> None:
+    """A dual-stack listener sees ::ffff:127.0.0.1; trusted_proxies names 127.0.0.1."""
+    request = DummyRequest([b""])
+    request.client = IPv6Address("TCP", "::ffff:127.0.0.1", 40000)
+    request.isSecure = lambda: False  # type: ignore[attr-defined]  # DummyRequest lacks it
+    request.requestHeaders.setRawHeaders(b"x-forwarded-for", [b"192.0.2.7"])
+    client = client_of(request, (ipaddress.ip_network("127.0.0.1/32"),))  # type: ignore[arg-type]
+    assert client.address == "192.0.2.7"

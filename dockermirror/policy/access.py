@@ -68,7 +68,7 @@ class AccessPolicy:
             return
         if address is None:
             return  # a unix socket's client is on this host, which the socket's mode guards
-        ip = _address(address)
+        ip = client_address(address)
         if ip is None:
             # A proxy's "unknown", "_hidden" or garbage: no list can vouch for it.
             raise RegistryError(DENIED, message="this mirror does not serve your address")
@@ -177,7 +177,9 @@ def basic_credentials(encoded: str) -> tuple[str, str]:
     return user, password
 
 
-def _address(address: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+def client_address(
+    address: str | None,
+) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     if address is None:
         return None
     try:

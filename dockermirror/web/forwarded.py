@@ -16,6 +16,7 @@ import attrs
 from twisted.web.iweb import IRequest
 
 from dockermirror.config import strip_port
+from dockermirror.policy.access import client_address
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -81,8 +82,6 @@ def _x_forwarded(request: IRequest) -> tuple[list[str], str | None]:
 
 
 def _within(address: str, networks: Sequence[Network]) -> bool:
-    try:
-        ip = ipaddress.ip_address(address.partition("%")[0])
-    except ValueError:
-        return False
-    return any(ip in net for net in networks)
+    # As the access lists see it: an IPv4-mapped address (a dual-stack socket) is IPv4.
+    ip = client_address(address)
+    return ip is not None and any(ip in net for net in networks)
