@@ -321,7 +321,7 @@ class FilesystemStorage:
             temp, file = layout.new_temp(self.directory)
             try:
                 with file:
-                    file.write(body)
+                    layout.write_all(file, body)
             except OSError:
                 temp.unlink()  # a partial file (the disk filled) is never left behind
                 raise
@@ -530,9 +530,8 @@ class _PendingBlob:
 
     def write(self, data: bytes) -> None:
         try:
-            self._file.write(data)
-            # Readers open the file by name and must see every byte written so far.
-            self._file.flush()
+            # Unbuffered: readers open the file by name and must see every byte written.
+            layout.write_all(self._file, data)
         except OSError as e:
             self._storage.report_write_failure(e)
             raise

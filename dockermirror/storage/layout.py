@@ -22,6 +22,7 @@ directory, it deletes only what its layout names: files (never directories) in
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import sqlite3
@@ -145,14 +146,27 @@ def clear_temp(directory: Path) -> None:
 
 
 def new_temp(directory: Path) -> tuple[Path, BinaryIO]:
-    """A new file in ``tmp/``, open for writing; ``tmp/`` is made again if it was deleted."""
+    """A new file in ``tmp/``, open for writing; ``tmp/`` is made again if it was deleted.
+
+    Unbuffered: each write goes straight to the file, where readers find it, with no copy.
+    """
     path = directory / TMP / uuid.uuid4().hex
     try:
-        return path, open(path, "xb")
+        return path, open(path, "xb", buffering=0)
     except FileNotFoundError:
         # Not parents=True: with the cache directory itself gone, writing fails, as it should.
         path.parent.mkdir(exist_ok=True)
-        return path, open(path, "xb")
+        return path, open(path, "xb", buffering=0)
+
+
+def write_all(file: BinaryIO, data: bytes) -> None:
+    """Write every byte: an unbuffered write may take only part of them."""
+    view = memoryview(data)
+    while view:
+        written = file.write(view)
+        if not written:
+            raise OSError(errno.EIO, "the file took no bytes")
+        view = view[written:]
 
 
 @attrs.frozen
