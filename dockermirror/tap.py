@@ -5,16 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
-from twisted.application import strports
 from twisted.application.service import MultiService
-from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
-from twisted.web.server import Site
 
 from dockermirror.auth.htpasswd import HtpasswdError
 from dockermirror.auth.keys import TokenKeyError
 from dockermirror.config import ConfigError, MirrorConfig, load_toml, parse_assignment
+from dockermirror.listening import Listener
 from dockermirror.metrics import Metrics
 from dockermirror.prefetch import PrefetchService
 from dockermirror.service import (
@@ -27,6 +25,7 @@ from dockermirror.service import (
     quota_holds,
     token_key,
 )
+from dockermirror.startup import StartupError
 from dockermirror.upstream.pools import UpstreamPools
 from dockermirror.validation import Overrides, validate
 from dockermirror.web import descriptors
@@ -93,43 +92,6 @@ class Options(usage.Options):
         if validated.config is None or validated.problems:
             raise StartupError("; ".join(validated.problems))
         self["mirror"] = validated.config
-
-
-class StartupError(SystemExit, Exception):
-    """A problem that stops start-up: one line, no traceback, no usage text.
-
-    (twistd answers a UsageError with its whole usage text before the line that matters.)
-    An Exception too, so that twistd, daemonizing, reports it to the waiting parent.
-    """
-
-    def __init__(self, problem: str) -> None:
-        super().__init__(f"dockermirror: {problem}")
-
-
-class Listener(MultiService):
-    """One listening endpoint; a port that cannot be had stops start-up with one line."""
-
-    def __init__(self, description: str, site: Site, reactor: Any, what: str = "") -> None:
-        super().__init__()
-        self.description = description
-        self._what = what
-        try:
-            service = strports.service(description, site, reactor=reactor)
-        except IndexError:
-            # A systemd: endpoint names a socket systemd passes; none was (no LISTEN_FDS).
-            raise StartupError(
-                f"cannot listen on {description}: systemd passed no such socket"
-            ) from None
-        service.setServiceParent(self)
-
-    def privilegedStartService(self) -> None:
-        try:
-            super().privilegedStartService()
-        except (CannotListenError, OSError) as e:
-            error = getattr(e, "socketError", e)
-            reason = getattr(error, "strerror", None) or error
-            raise StartupError(f"cannot listen on {self.description}: {reason}") from None
-        log.info("listening on {endpoint}{what}", endpoint=self.description, what=self._what)
 
 
 def _cache_overrides(options: Options) -> dict[str, object]:

@@ -1,0 +1,84 @@
+"""Listening on the configured endpoints, keeping each listening port (``--workers`` passes
+its socket on to the other workers)."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+
+from dockermirror.startup import StartupError
+
+log = Logger()
+
+
+class Listener(Service):
+    """One listening endpoint, opened while twistd may still hold privileges (a low port).
+
+    Twisted's endpoints listen at once (TCP, TLS, UNIX, systemd-passed sockets),
+    so a port in use stops start-up with one line rather than a logged failure.
+    """
+
+    def __init__(self, description: str, factory: Any, reactor: Any, what: str = "") -> None:
+        self.description = description
+        self._factory = factory
+        self._what = what
+        self.port: IListeningPort | None = None
+        try:
+            self._endpoint = serverFromString(reactor, description)
+        except IndexError:
+            # A systemd: endpoint names a socket systemd passes; none was (no LISTEN_FDS).
+            raise StartupError(
+                f"cannot listen on {description}: systemd passed no such socket"
+            ) from None
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        results: list[IListeningPort | Failure] = []
+        self._endpoint.listen(self._factory).addBoth(results.append)
+        if not results:
+            raise StartupError(f"cannot listen on {self.description}: it did not listen at once")
+        if isinstance(results[0], Failure):
+            error = results[0].value
+            if not isinstance(error, (CannotListenError, OSError)):
+                results[0].raiseException()
+            error = getattr(error, "socketError", error)
+            reason = getattr(error, "strerror", None) or error
+            raise StartupError(f"cannot listen on {self.description}: {reason}")
+        self.port = results[0]
+        log.info("listening on {endpoint}{what}", endpoint=self.description, what=self._what)
+
+    def startService(self) -> None:
+        if self.port is None:  # (a service started without the privileged step, as in tests)
+            self.privilegedStartService()
+        super().startService()
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        port, self.port = self.port, None
+        return port.stopListening() if port is not None else None
+
+    def inheritable(self) -> tuple[int, str] | None:
+        """The listening socket's descriptor and address family (``systemd:`` domain), if it
+        is a plain socket another process can serve from (not TLS, which needs more)."""
+        port: Any = self.port
+        if port is None or not hasattr(port, "fileno"):
+            return None
+        if isinstance(getattr(port, "factory", None), TLSMemoryBIOFactory):
+            return None
+        address = port.getHost()
+        domain = {IPv4Address: "INET", IPv6Address: "INET6", UNIXAddress: "UNIX"}.get(
+            type(address)
+        )
+        if domain is None or port.socket.type != socket.SOCK_STREAM:
+            return None
+        return int(port.fileno()), domain
