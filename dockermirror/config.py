@@ -108,6 +108,8 @@ class ServerSettings:
     max_connections: int = 4096
     # Open connections from one client address (a whole office may share one).
     max_connections_per_client: int = 256
+    # Processes serving the same ports and cache (--workers): one per core uses them all.
+    workers: int = 1
 
 
 @attrs.frozen
@@ -228,10 +230,11 @@ def build_config(
     registries: Iterable[tuple[str, str]] = (),
     cache: Mapping[str, Any] | None = None,
     metrics_ports: Iterable[str] = (),
+    server: Mapping[str, Any] | None = None,
 ) -> MirrorConfig:
     """Validate a parsed TOML document; command-line values override it."""
     check_keys(data, "", _TOP_KEYS)
-    server = subtable(data, "server")
+    server = {**subtable(data, "server"), **(server or {})}
     check_keys(
         server,
         "server.",

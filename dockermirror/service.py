@@ -149,10 +149,13 @@ def build_registry(
     worker: Callable[[str], Worker] | None = None,
     *,
     metrics: Metrics,
+    owner: bool = True,
 ) -> tuple[Registry, CacheService | None]:
     """The registry stack: the upstream, wrapped by the cache unless it is off.
 
     ``worker`` makes the storage's worker for a name (default: a thread of its own).
+    ``owner`` False: another process (worker 0) owns the cache directory; this one
+    neither cleans nor evicts nor scrubs it.
     """
     upstream = UpstreamRegistry(clients, config.upstream, metrics.quotas)
     if not config.cache.enabled:
@@ -166,6 +169,7 @@ def build_registry(
         settings.min_free,
         lookups=make_worker("dockermirror-index-lookups"),
         writes=make_worker("dockermirror-index-writes"),
+        owner=owner,
     )
     cache = CachingRegistry(
         upstream, storage, reactor, settings, config.upstream.idle_timeout, metrics.quotas
@@ -173,7 +177,7 @@ def build_registry(
     metrics.watch_cache(cache)
     scrub = (
         Scrub(storage, reactor, settings.scrub_rate, make_worker("dockermirror-scrub"))
-        if settings.scrub_rate
+        if settings.scrub_rate and owner
         else None
     )
     return cache, CacheService(storage, cache, reactor, scrub)

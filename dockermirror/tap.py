@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import attrs
@@ -29,6 +30,7 @@ from dockermirror.startup import StartupError
 from dockermirror.upstream.pools import UpstreamPools
 from dockermirror.validation import Overrides, validate
 from dockermirror.web import descriptors
+from dockermirror.workers import WorkerProcesses, die_with_parent, twistd_options
 
 log = Logger()
 
@@ -47,6 +49,16 @@ class Options(usage.Options):
             None,
             "Cache directory (default: $CACHE_DIRECTORY under systemd, else the user's cache).",
         ],
+        [
+            "workers",
+            None,
+            None,
+            "Processes serving the same ports and cache (server.workers; default 1): one per"
+            " core uses them all.",
+            int,
+        ],
+        # Internal: the number of a worker that worker 0 started (see dockermirror.workers).
+        ["worker", None, 0, None, int],
     ]
     optFlags = [["no-cache", None, "Pass everything through; store nothing."]]
 
@@ -85,6 +97,7 @@ class Options(usage.Options):
                 registries=tuple(parse_assignment(v, "registry") for v in self["registry"]),
                 cache=_cache_overrides(self),
                 metrics_ports=tuple(self["metrics-port"]),
+                server={} if self["workers"] is None else {"workers": self["workers"]},
             )
         except ConfigError as e:
             raise StartupError(str(e)) from None
@@ -92,6 +105,19 @@ class Options(usage.Options):
         if validated.config is None or validated.problems:
             raise StartupError("; ".join(validated.problems))
         self["mirror"] = validated.config
+
+
+def _worker_arguments(options: Options) -> list[str]:
+    """The options a worker is started with: the same configuration, other ports."""
+    arguments = ["--config", options["config"]] if options["config"] else []
+    if options["cache-dir"]:
+        arguments += ["--cache-dir", options["cache-dir"]]
+    if options["no-cache"]:
+        arguments.append("--no-cache")
+    for name in ("route", "registry"):
+        for value in options[name]:
+            arguments += [f"--{name}", value]
+    return arguments
 
 
 def _cache_overrides(options: Options) -> dict[str, object]:
@@ -127,12 +153,17 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     if reactor is None:
         from twisted.internet import reactor
     config = _fit_connections(options["mirror"])
+    # Worker 0 owns the cache directory, the metrics port and the prefetch; others serve.
+    first = options["worker"] == 0
+    if not first:
+        die_with_parent()
     top = MultiService()
-    Announcement(config).setServiceParent(top)
+    if first:
+        Announcement(config).setServiceParent(top)
     metrics = Metrics(reactor, hub_quotas(config, reactor))
     pools = UpstreamPools(config, reactor, events=metrics)
     pools.setServiceParent(top)
-    registry, cache = build_registry(config, reactor, pools.clients, metrics=metrics)
+    registry, cache = build_registry(config, reactor, pools.clients, metrics=metrics, owner=first)
     if cache is not None:
         # Before the listeners, so that it stops after them and its storage opens first.
         cache.setServiceParent(top)
@@ -144,11 +175,30 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     site = build_site(
         config, reactor, registry, pools.clients, metrics=metrics, token_key=key, users=users
     )
-    for port in config.ports:
-        Listener(port, site, reactor).setServiceParent(top)
+    several = config.server.workers > 1 or not first
+    listeners = [Listener(port, site, reactor, reuse_port=several) for port in config.ports]
+    for listener in listeners:
+        if several and not listener.shareable:
+            raise StartupError(
+                f"workers: {listener.description} cannot be shared between processes (TLS:"
+                " run one worker, or several behind a TLS proxy)"
+            )
+    for listener in listeners:
+        listener.setServiceParent(top)
+    if not first:
+        return top
     metrics_site = build_metrics_site(config, registry, metrics)
     for port in config.metrics_ports:
         Listener(port, metrics_site, reactor, " for metrics").setServiceParent(top)
+    if config.server.workers > 1:
+        # After the listeners, whose sockets the workers take over.
+        WorkerProcesses(
+            reactor,
+            listeners,
+            config.server.workers,
+            _worker_arguments(options),
+            twistd_options(sys.argv),
+        ).setServiceParent(top)
     if cache is not None and config.prefetch:
         # Last, so that it stops first; without a cache it would download everything again.
         hold = quota_holds(metrics.quotas)

@@ -45,6 +45,7 @@ class Overrides:
     registries: tuple[tuple[str, str], ...] = ()
     cache: Mapping[str, Any] = attrs.field(factory=dict)
     metrics_ports: tuple[str, ...] = ()
+    server: Mapping[str, Any] = attrs.field(factory=dict)
 
 
 @attrs.frozen
@@ -78,14 +79,22 @@ def validate(data: Mapping[str, Any], overrides: Overrides | None = None) -> Val
             continue
         if key == "server":
             parts[key] = part(
-                {key: value}, ports=overrides.ports, metrics_ports=overrides.metrics_ports
+                {key: value},
+                ports=overrides.ports,
+                metrics_ports=overrides.metrics_ports,
+                server=overrides.server,
             )
         elif key == "cache":
             parts[key] = part({key: value}, cache=overrides.cache)
         else:
             parts[key] = part({key: value})
     if "server" not in data:
-        parts["server"] = part({}, ports=overrides.ports, metrics_ports=overrides.metrics_ports)
+        parts["server"] = part(
+            {},
+            ports=overrides.ports,
+            metrics_ports=overrides.metrics_ports,
+            server=overrides.server,
+        )
     if registries is not None and _PREFETCH in data:
         _check_prefetch(problems, registry_data, data[_PREFETCH], overrides)
     elif not isinstance(data.get(_PREFETCH, []), list):

@@ -67,7 +67,9 @@ def cached(tmp_path: Path) -> Callable[..., Harness]:
     return make
 
 
-def running_fill(harness: Harness, registry: str, digest: str) -> fills.Fill | None:
+def running_fill(
+    harness: Harness, registry: str, digest: str
+) -> fills.Fill | fills.RemoteFill | None:
     scope = Scope(upstream_key(harness.config.registries[registry]), "library/redis")
     return harness.caching().running_fill(scope, digest)
 

@@ -537,8 +537,7 @@ def test_make_service_fits_the_cap_to_the_raised_limit(
     options.parseOptions(["--port", "tcp:0", "--no-cache"])
     service = makeService(options, reactor=MemoryReactorClock())
     (listener,) = [s for s in service if isinstance(s, tap.Listener)]
-    (port,) = listener
-    site = port.factory
+    site = listener.factory
     assert isinstance(site, MirrorSite)
     expected = (400 - descriptors.RESERVED) // descriptors.PER_CONNECTION
     assert site.connections.max_connections == expected

@@ -24,6 +24,7 @@ from dockermirror.service import CacheService
 from dockermirror.storage.workers import InlineWorker
 from dockermirror.tap import Options, StartupError, makeService
 from dockermirror.upstream.pools import UpstreamPools
+from tests.support.pki import make_pki
 from tests.support.processes import free_port
 
 ROOT = Path(__file__).parent.parent
@@ -267,5 +268,25 @@ def test_json_logger_for_twistd() -> None:
     access = [e for e in events if e.get("log_namespace") == "dockermirror.access"]
     assert access and access[0]["path"] == "/v2/" and access[0]["status"] == 200
     # The fields README.rst documents for the access log, each one an event key.
-    documented = {"log_time", "client", "user", "method", "path", "route", "status", "bytes"}
+    documented = {
+        "log_time",
+        "client",
+        "user",
+        "method",
+        "path",
+        "route",
+        "status",
+        "bytes",
+        "pid",
+    }
     assert documented | {"duration", "cache", "outcome"} <= set(access[0])
+
+
+def test_workers_refuse_a_tls_port(tmp_path: Path) -> None:
+    """Other workers could not serve it: one line at start, not a mirror that serves plaintext."""
+    pki = make_pki(tmp_path, ["127.0.0.1"])
+    endpoint = f"ssl:0:privateKey={pki.key}:certKey={pki.cert}"
+    result = twistd("dockermirror", "--workers", "2", "--port", endpoint)
+    assert result.returncode != 0
+    assert "cannot be shared between processes (TLS" in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr

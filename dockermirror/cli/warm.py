@@ -63,7 +63,7 @@ from dockermirror.configvalues import ConfigError
 from dockermirror.errors import DENIED, RegistryError
 from dockermirror.reference import parse_image
 from dockermirror.registry.caching import CachingRegistry, scope_of
-from dockermirror.registry.fills import Fill
+from dockermirror.registry.fills import Fill, RemoteFill
 from dockermirror.registry.mediatypes import ALL_MANIFESTS
 from dockermirror.registry.model import BlobSource
 from dockermirror.registry.model import Registry as RegistryInterface
@@ -519,7 +519,7 @@ async def kept(cache: CachingRegistry, target: Target, result: WarmResult) -> Wa
     return attrs.evolve(result, failures=result.failures + tuple(failures))
 
 
-def _ended(fill: Fill) -> Deferred[None]:
+def _ended(fill: Fill | RemoteFill) -> Deferred[None]:
     ended: Deferred[None] = Deferred()
     fill.when_ended(lambda _: ended.callback(None))
     return ended

@@ -29,6 +29,7 @@ from typing import Any
 import attrs
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IConsumer, IProducer, IReactorTime
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -36,7 +37,14 @@ from dockermirror.coalesce import Coalescer
 from dockermirror.config import CacheSettings, Registry
 from dockermirror.errors import RegistryError
 from dockermirror.reference import is_digest
-from dockermirror.registry.fills import DETACHED_FILLS, DetachedSlots, Fill
+from dockermirror.registry.fills import (
+    DETACHED_FILLS,
+    POLL_INTERVAL,
+    DetachedSlots,
+    Fill,
+    FillView,
+    RemoteFill,
+)
 from dockermirror.registry.mediatypes import ALL_MANIFESTS, OCTET_STREAM, acceptable
 from dockermirror.registry.model import (
     BlobBody,
@@ -54,7 +62,14 @@ from dockermirror.registry.model import Registry as RegistryInterface
 from dockermirror.registry.quota import HubQuota
 from dockermirror.registry.streams import FileStream
 from dockermirror.routing import Target
-from dockermirror.storage.interface import BlobReader, BlobStorage, Scope, StoredManifest
+from dockermirror.storage.interface import (
+    BlobReader,
+    BlobStorage,
+    ForeignWrite,
+    Scope,
+    StoredManifest,
+)
+from dockermirror.storage.sharing import FillState
 
 log = Logger()
 
@@ -107,7 +122,7 @@ class CachingRegistry:
         self._clock = clock
         self._settings = settings
         self._idle_timeout = idle_timeout
-        self._fills: dict[tuple[str, str], Fill] = {}
+        self._fills: dict[tuple[str, str], Fill | RemoteFill] = {}
         self._detached = DetachedSlots(DETACHED_FILLS)
         # Accounts and repositories the upstream said a passed-through client may read.
         self._confirmed: dict[tuple[str, str, str], float] = {}
@@ -311,14 +326,14 @@ class CachingRegistry:
     async def referrers(self, target: Target, digest: str, artifact_type: str | None) -> Referrers:
         return await self._inner.referrers(target, digest, artifact_type)
 
-    def running_fill(self, scope: Scope, digest: str) -> Fill | None:
+    def running_fill(self, scope: Scope, digest: str) -> Fill | RemoteFill | None:
         """A fill of ``digest`` for the scope's upstream identity, from any repository."""
         fill = self._fills.get((scope.upstream, digest))
         return None if fill is None or fill.state == Fill.FAILED else fill
 
     def start_fill(
         self, scope: Scope, source: BlobSource
-    ) -> tuple[Deferred[Fill | _Unstored], bool]:
+    ) -> tuple[Deferred[Fill | RemoteFill | _Unstored], bool]:
         """The fill of ``source``'s blob, started once for all concurrent callers.
 
         An :class:`_Unstored` body when the blob cannot be cached (no length, no
@@ -328,10 +343,25 @@ class CachingRegistry:
             ("blob", scope.upstream, source.digest), lambda: self._start_fill(scope, source)
         )
 
-    async def _start_fill(self, scope: Scope, source: BlobSource) -> Fill | _Unstored:
-        body = await source.open(None)
+    async def _start_fill(self, scope: Scope, source: BlobSource) -> Fill | RemoteFill | _Unstored:
+        try:
+            foreign = self._storage.claim(source.digest, scope)
+        except OSError:
+            return self._unstored(await source.open(None))  # the storage is failing
+        if foreign is not None:
+            remote = await self._follow(foreign, source.digest, scope)
+            if remote is not None:
+                return remote
+            # The other worker gave up before it began: this one tries.
+            return await self._start_fill(scope, source)
+        try:
+            body = await source.open(None)
+        except BaseException:
+            self._storage.release_claim(source.digest, scope)
+            raise
         size = body.length
         if body.range is not None or size is None or not self._storage.has_room(size):
+            self._storage.release_claim(source.digest, scope)
             return self._unstored(body)
         try:
             writer = self._storage.begin_write(source.digest, size, scope)
@@ -351,6 +381,22 @@ class CachingRegistry:
         fill.start(body.stream)
         return fill
 
+    async def _follow(self, foreign: ForeignWrite, digest: str, scope: Scope) -> RemoteFill | None:
+        """Another worker's download of the blob, once it knows the size; None if it gave up."""
+        deadline = self._clock.seconds() + self._idle_timeout
+        while (size := foreign.size()) is None:
+            if foreign.progress()[1] is not FillState.RUNNING or self._clock.seconds() > deadline:
+                foreign.close()
+                return None
+            await deferLater(self._clock, POLL_INTERVAL, lambda: None)
+        # Its repository is not known here: readers for this one confirm it with the upstream.
+        remote = RemoteFill(foreign, digest, Scope(scope.upstream, ""), size, self._clock)
+        if remote.state == RemoteFill.FAILED:
+            return None
+        self._fills[(scope.upstream, digest)] = remote
+        remote.when_ended(self._fill_ended)
+        return remote
+
     def _unstored(self, body: BlobBody) -> _Unstored:
         unstored = _Unstored(body)
         # The callers waiting for it resume in this turn of the reactor; if none took it
@@ -361,13 +407,13 @@ class CachingRegistry:
     def link(self, digest: str, scope: Scope) -> None:
         self._background(self._storage.link(digest, scope))
 
-    def _fill_ended(self, fill: Fill) -> None:
+    def _fill_ended(self, fill: Fill | RemoteFill) -> None:
         self._fills.pop((fill.scope.upstream, fill.digest), None)
         if fill.state == Fill.COMPLETE:
             self._evict_soon()
 
     def file_stream(
-        self, reader: BlobReader, byte_range: ByteRange, fill: Fill | None
+        self, reader: BlobReader, byte_range: ByteRange, fill: FillView | None
     ) -> FileStream:
         return FileStream(reader, byte_range, fill, self._clock, self._idle_timeout)
 
@@ -467,7 +513,7 @@ class _ColdBlob:
         return attrs.evolve(body, info=attrs.evolve(body.info, outcome=self._cache.count(MISS)))
 
     def _from_fill(
-        self, fill: Fill, wanted: RangeRequest | None, outcome: CacheOutcome
+        self, fill: Fill | RemoteFill, wanted: RangeRequest | None, outcome: CacheOutcome
     ) -> BlobBody:
         byte_range = wanted.resolve(fill.size) if wanted else None
         whole = byte_range or ByteRange(0, fill.size - 1)

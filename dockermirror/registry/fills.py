@@ -23,16 +23,18 @@ fetch the blob themselves.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
-from typing import cast
+from typing import Protocol, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer, IProducer, IPushProducer, IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from dockermirror.registry.model import ByteStream
-from dockermirror.storage.interface import BlobReader, BlobWriter, Scope
+from dockermirror.storage.interface import BlobReader, BlobWriter, ForeignWrite, Scope
+from dockermirror.storage.sharing import FillState
 
 log = Logger()
 
@@ -45,6 +47,8 @@ NOTIFY_SECONDS = 1.0
 THROUGH_BUFFER = 1024 * 1024
 # Fills that go on with no client at once (see DetachedSlots).
 DETACHED_FILLS = 16
+# How often another worker's download is looked at (its file's size, its claim).
+POLL_INTERVAL = 0.05
 
 
 class FillFailed(Exception):
@@ -289,3 +293,116 @@ class Fill:
         self._announced, self._announced_at = self.written, self._clock.seconds()
         for callback in list(self._listeners):
             callback()
+
+
+class FillView(Protocol):
+    """What a reader (:class:`~dockermirror.registry.streams.FileStream`) follows of a fill."""
+
+    state: str
+    size: int
+    problem: str | None
+    on_disk: int | None
+
+    @property
+    def announced(self) -> int: ...
+
+    def listen(self, callback: Callable[[], None]) -> None: ...
+
+    def unlisten(self, callback: Callable[[], None]) -> None: ...
+
+    def reader_joined(self, reader: Hashable, position: int) -> None: ...
+
+    def reader_moved(self, reader: Hashable, position: int) -> None: ...
+
+    def reader_left(self, reader: Hashable) -> None: ...
+
+    def read_held(self, position: int, size: int) -> bytes: ...
+
+
+class RemoteFill:
+    """Another process's download of a blob into the shared cache (``--workers``), followed.
+
+    Its file is polled: new bytes are announced to readers as they reach the
+    disk, and the blob is complete once that process renamed it under its digest
+    (which it does only when the digest matched).  Nothing is held in memory.
+    """
+
+    RUNNING, COMPLETE, FAILED = Fill.RUNNING, Fill.COMPLETE, Fill.FAILED
+    on_disk: int | None = None  # never streams through memory
+
+    def __init__(
+        self, foreign: ForeignWrite, digest: str, scope: Scope, size: int, clock: IReactorTime
+    ) -> None:
+        self.digest = digest
+        self.scope = scope
+        self.size = size
+        self.state = self.RUNNING
+        self.problem: str | None = None
+        self._foreign = foreign
+        self._announced = 0
+        self._listeners: list[Callable[[], None]] = []
+        self._ended: list[Callable[[RemoteFill], None]] | None = []
+        self._poll = LoopingCall(self._check)
+        self._poll.clock = clock
+        self._poll.start(POLL_INTERVAL, now=True)
+
+    def reader(self) -> BlobReader:
+        return self._foreign.reader()
+
+    @property
+    def announced(self) -> int:
+        return self._announced
+
+    def listen(self, callback: Callable[[], None]) -> None:
+        self._listeners.append(callback)
+
+    def unlisten(self, callback: Callable[[], None]) -> None:
+        if callback in self._listeners:
+            self._listeners.remove(callback)
+
+    def when_ended(self, callback: Callable[[RemoteFill], None]) -> None:
+        if self._ended is not None:
+            self._ended.append(callback)
+
+    # The other process downloads whatever readers do here: nothing to account for.
+
+    def reader_joined(self, reader: Hashable, position: int) -> None:
+        pass
+
+    def reader_moved(self, reader: Hashable, position: int) -> None:
+        pass
+
+    def reader_left(self, reader: Hashable) -> None:
+        pass
+
+    def read_held(self, position: int, size: int) -> bytes:
+        raise AssertionError("a remote fill holds nothing in memory")
+
+    def _check(self) -> None:
+        try:
+            on_disk, state = self._foreign.progress()
+        except OSError as e:
+            on_disk, state = self._announced, FillState.FAILED
+            self.problem = f"cannot follow the download in another worker: {e}"
+        if on_disk > self._announced:
+            self._announced = min(on_disk, self.size)
+        if state is FillState.COMPLETE and on_disk == self.size:
+            self.state = self.COMPLETE
+        elif state is not FillState.RUNNING:
+            self.state = self.FAILED
+            self.problem = self.problem or "the download in another worker failed"
+        self._notify()
+        if self.state != self.RUNNING:
+            self._end()
+
+    def _notify(self) -> None:
+        for callback in list(self._listeners):
+            callback()
+
+    def _end(self) -> None:
+        if self._poll.running:
+            self._poll.stop()
+        self._foreign.close()
+        ended, self._ended = self._ended, None
+        for callback in ended or ():
+            callback(self)

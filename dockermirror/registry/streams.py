@@ -8,7 +8,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTime
 from zope.interface import implementer
 
-from dockermirror.registry.fills import Fill, FillFailed
+from dockermirror.registry.fills import Fill, FillFailed, FillView
 from dockermirror.registry.model import ByteRange, FileSender
 from dockermirror.storage.interface import BlobReader
 from dockermirror.timers import IdleTimer
@@ -28,7 +28,7 @@ class FileStream:
         self,
         reader: BlobReader,
         byte_range: ByteRange,
-        fill: Fill | None,
+        fill: FillView | None,
         clock: IReactorTime,
         idle_timeout: float,
     ) -> None:

@@ -221,6 +221,8 @@ class UpstreamStream:
         self._response = response
         self._expected = expected
         self._hasher = new_hasher(expected) if expected else None
+        # Bytes to come, when the upstream said: only the chunk that ends the body is split.
+        self._left = response.length
         self._held = b""
         self._consumer: IConsumer | None = None
         self._producer: IPushProducer | None = None
@@ -237,6 +239,11 @@ class UpstreamStream:
             self._consumer.write(data)
             return
         self._hasher.update(data)
+        if self._left is not None and len(data) < self._left:
+            # The last byte is still to come: these go as they are, with no copy.
+            self._left -= len(data)
+            self._consumer.write(data)
+            return
         if data:
             ready, self._held = self._held + data[:-1], data[-1:]
             if ready:

@@ -36,9 +36,16 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from dockermirror.storage import layout
+from dockermirror.storage import layout, sharing
 from dockermirror.storage.index import Index
-from dockermirror.storage.interface import BlobEntry, BlobReader, Scope, StoredManifest, TagEntry
+from dockermirror.storage.interface import (
+    BlobEntry,
+    BlobReader,
+    ForeignWrite,
+    Scope,
+    StoredManifest,
+    TagEntry,
+)
 from dockermirror.storage.layout import FileIdentity
 from dockermirror.storage.verify import Damage, Stored, drop, manifest_matches
 from dockermirror.storage.workers import Worker
@@ -83,6 +90,8 @@ class FilesystemStorage:
         self._opening: list[Deferred[None]] | None = None
         self._total = 0
         self._entries = 0
+        # Downloads this process has claimed and not begun writing yet.
+        self._claims: dict[tuple[str, str], sharing.FillClaim] = {}
         self._evicted = 0
         self._touched: dict[str, float] = {}
         self._unwritable_until = 0.0
@@ -230,10 +239,31 @@ class FilesystemStorage:
         except OSError as e:
             return fail(e)
 
-    def begin_write(self, digest: str, size: int, scope: Scope) -> _PendingBlob:
+    def claim(self, digest: str, scope: Scope) -> ForeignWrite | None:
         try:
-            return _PendingBlob(self, digest, size, scope)
+            found = sharing.claim(self.directory, scope.upstream, digest)
         except OSError as e:
+            self.report_write_failure(e)
+            raise
+        if isinstance(found, sharing.ForeignFill):
+            return _ForeignWrite(self, found, digest)
+        self._claims[(scope.upstream, digest)] = found
+        return None
+
+    def release_claim(self, digest: str, scope: Scope) -> None:
+        held = self._claims.pop((scope.upstream, digest), None)
+        if held is not None:
+            held.release()
+
+    def begin_write(self, digest: str, size: int, scope: Scope) -> _PendingBlob:
+        held = self._claims.pop((scope.upstream, digest), None)
+        try:
+            if held is not None:
+                held.announce(size)
+            return _PendingBlob(self, digest, size, scope, held)
+        except OSError as e:
+            if held is not None:
+                held.release()
             self.report_write_failure(e)
             raise
 
@@ -375,16 +405,20 @@ class FilesystemStorage:
 
     def evict(self, busy: set[str]) -> Deferred[int]:
         """Remove least recently used blobs until the cache is below its low-water mark."""
-        if not self._open or self._total <= self.max_size or self._evicting:
+        if not self._open or self._evicting or not self._owner:
             # One run at a time: a second, sized from the same total, would remove as much again.
+            # And in the directory's owner only: it alone knows what all its readers hold.
             return succeed(0)
         self._evicting = True
         keep = busy | set(self._readers)
 
         def remove() -> tuple[tuple[int, int], dict[str, int]]:
-            # Counted afresh: `dockermirror cache verify` may have dropped blobs meanwhile.
+            # Counted afresh: other workers stored blobs, `dockermirror cache verify` may have
+            # dropped some.
             totals = self._write_index.totals()
             total = totals[1]
+            if total <= self.max_size:
+                return totals, {}
             excess = total - int(self.max_size * _LOW_WATER)
             victims: list[str] = []
             freed = 0
@@ -518,14 +552,29 @@ class _FileReader:
 
 
 class _PendingBlob:
-    """A blob being downloaded into ``tmp/``; renamed under its digest on commit."""
+    """A blob being downloaded into ``tmp/``; renamed under its digest on commit.
 
-    def __init__(self, storage: FilesystemStorage, digest: str, size: int, scope: Scope) -> None:
+    With a claim, the file is the one other processes follow (``tmp/KEY.part``),
+    and the claim is released once the blob is renamed (or dropped).
+    """
+
+    def __init__(
+        self,
+        storage: FilesystemStorage,
+        digest: str,
+        size: int,
+        scope: Scope,
+        claim: sharing.FillClaim | None = None,
+    ) -> None:
         self._storage = storage
         self._digest = digest
         self._size = size
         self._scope = scope
-        self._path, self._file = layout.new_temp(storage.directory)
+        self._claim = claim
+        if claim is None:
+            self._path, self._file = layout.new_temp(storage.directory)
+        else:
+            self._path, self._file = layout.new_temp(storage.directory, claim.part.name)
         self._committed = False
 
     def write(self, data: bytes) -> None:
@@ -552,6 +601,7 @@ class _PendingBlob:
             self.discard()
             return fail(e)
         self._path, self._committed = final, True
+        self._release()
         return self._storage._index_blob(
             self._digest, self._size, self._scope, None if existed else final
         )
@@ -562,3 +612,34 @@ class _PendingBlob:
             self._file.close()
         if not self._committed:
             self._path.unlink(missing_ok=True)
+        self._release()
+
+    def _release(self) -> None:
+        if self._claim is not None:
+            self._claim.release()
+            self._claim = None
+
+
+class _ForeignWrite:
+    """Another process's download, with readers from this storage."""
+
+    def __init__(self, storage: FilesystemStorage, fill: sharing.ForeignFill, digest: str) -> None:
+        self._storage = storage
+        self._fill = fill
+        self._digest = digest
+
+    def size(self) -> int | None:
+        return self._fill.size()
+
+    def progress(self) -> tuple[int, sharing.FillState]:
+        return self._fill.progress()
+
+    def reader(self) -> BlobReader:
+        fd = self._fill.open()
+        if fd is None:
+            raise FileNotFoundError(f"no file of {self._digest} yet")
+        self._storage._readers[self._digest] += 1
+        return _FileReader(os.dup(fd), lambda: self._storage._reader_closed(self._digest))
+
+    def close(self) -> None:
+        self._fill.close()

@@ -27,6 +27,8 @@ from typing import Protocol
 import attrs
 from twisted.internet.defer import Deferred
 
+from dockermirror.storage.sharing import FillState
+
 
 @attrs.frozen
 class Scope:
@@ -69,6 +71,21 @@ class BlobReader(Protocol):
 
     def fileno(self) -> int | None:
         """The open file, for ``sendfile``; None when the bytes are not in a local file."""
+
+    def close(self) -> None: ...
+
+
+class ForeignWrite(Protocol):
+    """A blob another process sharing the storage is downloading into it."""
+
+    def size(self) -> int | None:
+        """The blob's size, once that process knows it."""
+
+    def progress(self) -> tuple[int, FillState]:
+        """Bytes written so far, and how the download stands (complete: stored, verified)."""
+
+    def reader(self) -> BlobReader:
+        """A reader of the bytes written so far, and of those still to come."""
 
     def close(self) -> None: ...
 
@@ -124,8 +141,23 @@ class BlobStorage(Protocol):
     def local_path(self, digest: str) -> str | None:
         """Where a stored blob lies on this machine, for backends that keep local files."""
 
+    def claim(self, digest: str, scope: Scope) -> ForeignWrite | None:
+        """Claim the download of a blob, against other processes sharing the storage.
+
+        None: claimed; :meth:`begin_write` (or :meth:`release_claim`) follows.  Else
+        another process is downloading it, and this is how to follow it.  ``OSError``
+        when the storage cannot say.
+        """
+
+    def release_claim(self, digest: str, scope: Scope) -> None:
+        """Give up a claim without writing (the upstream failed, the blob cannot be kept)."""
+
     def begin_write(self, digest: str, size: int, scope: Scope) -> BlobWriter:
-        """Start storing a blob fetched under ``scope``; ``OSError`` when storage refuses it."""
+        """Start storing a blob fetched under ``scope``; ``OSError`` when storage refuses it.
+
+        The claim, if this process holds one, goes with the writer: its commit or
+        discard releases it.
+        """
 
     def link(self, digest: str, scope: Scope) -> Deferred[None]:
         """Note that the upstream has shown ``digest`` under the scope's repository."""

@@ -43,6 +43,8 @@ MARKER_TEXT = (
 INDEX = "index.sqlite"
 BLOBS = "blobs"
 TMP = "tmp"
+# Lock files of downloads under way, one per blob and upstream identity (see sharing.py).
+CLAIMS = "claims"
 # Hex digits in a digest, by algorithm: the only names the mirror gives blob files.
 _HEX_LENGTHS = {"sha256": 64, "sha512": 128}
 _HEX = re.compile(r"[0-9a-f]+\Z")
@@ -137,20 +139,23 @@ def _subdirectories(path: Path) -> Iterator[os.DirEntry[str]]:
 
 
 def clear_temp(directory: Path) -> None:
-    """Remove the files a crash left in ``tmp/`` (not directories: the mirror makes none)."""
-    temp = directory / TMP
-    temp.mkdir(exist_ok=True)
-    for entry in os.scandir(temp):
-        if not entry.is_dir(follow_symlinks=False):
-            os.unlink(entry.path)
+    """Remove the files a crash left in ``tmp/`` and ``claims/`` (not directories: the
+    mirror makes none there)."""
+    for name in (TMP, CLAIMS):
+        temp = directory / name
+        temp.mkdir(exist_ok=True)
+        for entry in os.scandir(temp):
+            if not entry.is_dir(follow_symlinks=False):
+                os.unlink(entry.path)
 
 
-def new_temp(directory: Path) -> tuple[Path, BinaryIO]:
-    """A new file in ``tmp/``, open for writing; ``tmp/`` is made again if it was deleted.
+def new_temp(directory: Path, name: str | None = None) -> tuple[Path, BinaryIO]:
+    """A new file in ``tmp/`` (named ``name``, else at random), open for writing; ``tmp/``
+    is made again if it was deleted.
 
     Unbuffered: each write goes straight to the file, where readers find it, with no copy.
     """
-    path = directory / TMP / uuid.uuid4().hex
+    path = directory / TMP / (name or uuid.uuid4().hex)
     try:
         return path, open(path, "xb", buffering=0)
     except FileNotFoundError:

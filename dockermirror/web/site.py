@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from io import BytesIO
 
 from twisted.internet.interfaces import IAddress, IReactorTime
@@ -101,7 +102,7 @@ class MirrorSite(Site):
             )
         log.info(
             "{client} {method} {path} -> {status} {outcome} ({bytes} bytes, {duration:.3f}s)"
-            " route={route} user={user} cache={cache}",
+            " route={route} user={user} cache={cache} pid={pid}",
             client=request.client or getattr(request.getClientAddress(), "host", "-"),
             method=method,
             path=request.path.decode("utf-8", "replace"),
@@ -112,6 +113,8 @@ class MirrorSite(Site):
             route=request.route or "-",
             user=request.account or "-",
             cache=request.cache or "-",
+            # Which process served it, with --workers.
+            pid=os.getpid(),
         )
 
 
