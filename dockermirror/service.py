@@ -157,10 +157,12 @@ def build_registry(
     ``owner`` False: another process (worker 0) owns the cache directory; this one
     neither cleans nor evicts nor scrubs it.
     """
-    upstream = UpstreamRegistry(clients, config.upstream, metrics.quotas)
+    make_worker = worker or (lambda name: ThreadWorker(reactor, name))
+    upstream = UpstreamRegistry(
+        clients, config.upstream, metrics.quotas, make_worker("dockermirror-hashing")
+    )
     if not config.cache.enabled:
         return upstream, None
-    make_worker = worker or (lambda name: ThreadWorker(reactor, name))
     settings = config.cache
     storage = FilesystemStorage(
         Path(settings.dir),

@@ -7,14 +7,16 @@ of a whole blob until its digest matches.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from hyperlink import DecodedURL
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.internet.interfaces import IConsumer, IProducer, IPushProducer
+from zope.interface import implementer
 
 from dockermirror.config import UpstreamSettings
 from dockermirror.errors import (
@@ -41,11 +43,16 @@ from dockermirror.registry.model import (
 from dockermirror.registry.quota import HubQuota
 from dockermirror.registry.schema1 import MalformedSignature, manifest_digest
 from dockermirror.routing import Target
+from dockermirror.storage.workers import InlineWorker, Worker
 from dockermirror.upstream.body import BodyTooLarge
 from dockermirror.upstream.client import UpstreamClient
 from dockermirror.upstream.errors import failure_of, upstream_error
 from dockermirror.upstream.response import UpstreamResponse
 
+# A blob's bytes are hashed in batches of this size, and the upstream paused while more than
+# MAX_UNHASHED bytes of one blob wait for the hashing thread.
+HASH_BATCH = 1024 * 1024
+MAX_UNHASHED = 16 * 1024 * 1024
 # Tag lists are not paginated by every registry; a long one (tens of thousands of tags) is
 # still below this, and parsing it costs many times its size in memory.
 _MAX_LIST_BYTES = 2 * 1024 * 1024
@@ -61,9 +68,12 @@ class UpstreamRegistry:
         clients: Mapping[str, UpstreamClient],
         settings: UpstreamSettings,
         quotas: Mapping[str, HubQuota] | None = None,
+        hashing: Worker | None = None,
     ) -> None:
+        """``hashing``: where blobs' digests are computed (default: at once, in line)."""
         self._clients = clients
         self._settings = settings
+        self._hashing = hashing or InlineWorker()
         # Docker Hub's quota by registry name (not for a client's own account: that is its own).
         self._quotas = quotas or {}
 
@@ -108,7 +118,7 @@ class UpstreamRegistry:
         return Manifest(digest, media_type, len(body), body)
 
     async def blob(self, target: Target, digest: str) -> UpstreamBlob:
-        return UpstreamBlob(self._client(target), target, digest)
+        return UpstreamBlob(self._client(target), target, digest, self._hashing)
 
     async def tags(self, target: Target, n: str | None, last: str | None) -> TagPage:
         query = [(key, value) for key, value in (("n", n), ("last", last)) if value is not None]
@@ -158,10 +168,13 @@ class UpstreamRegistry:
 class UpstreamBlob:
     """A blob at the upstream: a HEAD describes it, a GET (with the client's range) opens it."""
 
-    def __init__(self, client: UpstreamClient, target: Target, digest: str) -> None:
+    def __init__(
+        self, client: UpstreamClient, target: Target, digest: str, hashing: Worker
+    ) -> None:
         self.digest = digest
         self._client = client
         self._target = target
+        self._hashing = hashing
 
     async def stat(self) -> BlobInfo:
         response = await self._request(b"HEAD", None)
@@ -175,7 +188,7 @@ class UpstreamBlob:
         if response.code == 200:
             info = BlobInfo(self.digest, response.length, _media_type(response))
             # Only a whole body can be checked against its digest.
-            return BlobBody(info, None, UpstreamStream(response, self.digest))
+            return BlobBody(info, None, UpstreamStream(response, self.digest, self._hashing))
         content_range = _CONTENT_RANGE.match(response.header("content-range") or "")
         size = int(content_range[3]) if content_range and content_range[3] != "*" else None
         if response.code == 416:
@@ -189,7 +202,7 @@ class UpstreamBlob:
                     response.registry, 502, "a partial answer that is not the range asked for"
                 )
             info = BlobInfo(self.digest, size, _media_type(response))
-            return BlobBody(info, byte_range, UpstreamStream(response, None))
+            return BlobBody(info, byte_range, UpstreamStream(response, None, self._hashing))
         raise await failure_of(response, self._target.name, BLOB_UNKNOWN)
 
     def local_file(self) -> LocalFile | None:
@@ -209,36 +222,120 @@ class UpstreamBlob:
         )
 
 
+class _Digest:
+    """A whole blob's digest, computed off the reactor thread, in order, in batches.
+
+    hashlib lets go of the GIL for large buffers, so a worker thread hashes while
+    the reactor reads, writes and sends.  ``behind`` is told when more than
+    MAX_UNHASHED bytes wait for the thread (the stream then pauses the upstream)
+    and when the thread has caught up again.
+    """
+
+    def __init__(self, expected: str, worker: Worker, behind: Callable[[bool], None]) -> None:
+        self._hasher = new_hasher(expected)
+        self._worker = worker
+        self._behind = behind
+        self._batch: list[bytes] = []
+        self._batched = 0
+        self._waiting = 0
+        self._late = False
+
+    def update(self, data: bytes) -> None:
+        self._batch.append(data)
+        self._batched += len(data)
+        if self._batched >= HASH_BATCH:
+            self._submit()
+
+    def result(self) -> Deferred[str]:
+        self._submit()
+        return self._worker.run(self._hasher.hexdigest)
+
+    def _submit(self) -> None:
+        if not self._batch:
+            return
+        batch, size = self._batch, self._batched
+        self._batch, self._batched = [], 0
+        self._waiting += size
+        self._worker.run(_update, self._hasher, batch).addCallback(self._hashed, size)
+        if self._waiting > MAX_UNHASHED and not self._late:
+            self._late = True
+            self._behind(True)
+
+    def _hashed(self, _: object, size: int) -> None:
+        self._waiting -= size
+        if self._late and self._waiting <= MAX_UNHASHED // 2:
+            self._late = False
+            self._behind(False)
+
+
+def _update(hasher: hashlib._Hash, batch: list[bytes]) -> None:
+    for data in batch:
+        hasher.update(data)
+
+
+@implementer(IPushProducer)
 class UpstreamStream:
-    """An upstream body on its way to a consumer, with the upstream as the consumer's producer.
+    """An upstream body on its way to a consumer, which pauses and resumes the upstream.
 
     With an ``expected`` digest, the last byte received is held back until the
     digest is known: with a Content-Length, a client would otherwise have every
-    byte before the check, and take a corrupt blob for a complete one.
+    byte before the check, and take a corrupt blob for a complete one.  The digest
+    is computed on ``hashing`` (a worker thread in the mirror); the upstream is
+    paused while the consumer wants it or while hashing lags far behind.
     """
 
-    def __init__(self, response: UpstreamResponse, expected: str | None) -> None:
+    def __init__(self, response: UpstreamResponse, expected: str | None, hashing: Worker) -> None:
         self._response = response
         self._expected = expected
-        self._hasher = new_hasher(expected) if expected else None
+        self._digest = _Digest(expected, hashing, self._hash_behind) if expected else None
         # Bytes to come, when the upstream said: only the chunk that ends the body is split.
         self._left = response.length
         self._held = b""
         self._consumer: IConsumer | None = None
         self._producer: IPushProducer | None = None
+        self._paused_by = {"consumer": False, "hashing": False}
         self._done: Deferred[None] = Deferred(lambda _: self._stop())
 
     def deliver(self, consumer: IConsumer) -> Deferred[None]:
         self._consumer = consumer
-        self._producer = self._response.stream(self, consumer)
+        # Registered before the first byte can arrive (Twisted may deliver buffered bytes at
+        # once); the upstream's own producer is driven from here.
+        consumer.registerProducer(self, True)
+        self._producer = self._response.stream(self, _NoConsumer())
         return self._done
+
+    # IPushProducer, for the consumer
+
+    def pauseProducing(self) -> None:
+        self._pause("consumer", True)
+
+    def resumeProducing(self) -> None:
+        self._pause("consumer", False)
+
+    def stopProducing(self) -> None:
+        self._stop()
+
+    def _hash_behind(self, behind: bool) -> None:
+        self._pause("hashing", behind)
+
+    def _pause(self, by: str, paused: bool) -> None:
+        before = any(self._paused_by.values())
+        self._paused_by[by] = paused
+        after = any(self._paused_by.values())
+        if self._producer is not None and before != after:
+            if after:
+                self._producer.pauseProducing()
+            else:
+                self._producer.resumeProducing()
+
+    # The upstream body (a BodySink)
 
     def body_data(self, data: bytes) -> None:
         assert self._consumer is not None
-        if self._hasher is None:
+        if self._digest is None:
             self._consumer.write(data)
             return
-        self._hasher.update(data)
+        self._digest.update(data)
         if self._left is not None and len(data) < self._left:
             # The last byte is still to come: these go as they are, with no copy.
             self._left -= len(data)
@@ -254,12 +351,25 @@ class UpstreamStream:
             return
         assert self._consumer is not None
         self._consumer.unregisterProducer()
-        if problem is None and self._hasher is not None and self._expected is not None:
-            actual = f"{self._expected.partition(':')[0]}:{self._hasher.hexdigest()}"
-            if actual != self._expected:
-                problem = upstream_error(
-                    self._response.registry, 502, f"blob bytes have digest {actual}"
-                )
+        if problem is None and self._digest is not None:
+            self._digest.result().addCallback(self._verify)
+            return
+        self._end(problem)
+
+    def _verify(self, hexdigest: str) -> None:
+        assert self._expected is not None
+        actual = f"{self._expected.partition(':')[0]}:{hexdigest}"
+        problem = None
+        if actual != self._expected:
+            problem = upstream_error(
+                self._response.registry, 502, f"blob bytes have digest {actual}"
+            )
+        self._end(problem)
+
+    def _end(self, problem: Exception | None) -> None:
+        if self._done.called:
+            return  # the consumer went away meanwhile
+        assert self._consumer is not None
         if problem is not None:
             self._done.errback(problem)
             return
@@ -270,6 +380,20 @@ class UpstreamStream:
     def _stop(self) -> None:
         if self._producer is not None:
             self._producer.stopProducing()
+
+
+@implementer(IConsumer)
+class _NoConsumer:
+    """Where the upstream's body would register itself: the stream drives it instead."""
+
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
+        pass
+
+    def unregisterProducer(self) -> None:
+        pass
+
+    def write(self, data: bytes) -> None:
+        raise AssertionError("the body goes to the stream, not here")
 
 
 def _media_type(response: UpstreamResponse) -> str:

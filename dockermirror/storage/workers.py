@@ -39,7 +39,11 @@ class ThreadWorker:
         self._pool.start()
         # As for the reactor's own thread pool: a thread left running would keep the
         # process from exiting, whatever happened to the storage's orderly close.
-        self._trigger = self._reactor.addSystemEventTrigger("during", "shutdown", self.stop)
+        self._trigger = self._reactor.addSystemEventTrigger("during", "shutdown", self._shutdown)
+
+    def _shutdown(self) -> None:
+        self._trigger = None  # firing: it cannot be removed, and need not be
+        self.stop()
 
     def stop(self) -> None:
         """Wait for the call in progress, if any, and end the thread."""
@@ -50,6 +54,8 @@ class ThreadWorker:
             self._trigger = None
 
     def run(self, f: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> Deferred[T]:
+        # Started on first use, in the process that uses it (twistd forks after building).
+        self.start()
         return deferToThreadPool(self._reactor, self._pool, f, *args, **kwargs)
 
 
