@@ -43,6 +43,7 @@ from dockermirror.registry.model import (
 )
 from dockermirror.routing import Target
 from dockermirror.storage.filesystem import FilesystemStorage
+from dockermirror.storage.interface import Scope
 from dockermirror.storage.workers import InlineWorker
 from tests.fakes import result_of
 
@@ -281,3 +282,23 @@ def test_every_tag_a_head_resolved_is_bound_when_the_manifest_is_stored(cache: C
         again = run(cache.registry.manifest(TARGET, tag, LISTS, head=True))
         assert (again.digest, again.outcome) == (digest_of(LIST), CacheOutcome.HIT), tag
     assert len(cache.upstream.calls) == calls
+
+
+def test_hot_manifests_are_answered_from_memory(
+    cache: Cache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once read from storage (and re-hashed), a manifest's hits need neither index nor file."""
+    manifest(cache, LISTS)  # stored
+    reads: list[str] = []
+    real = cache.storage.manifest
+
+    def counted(digest: str, scope: Scope) -> Any:
+        reads.append(digest)
+        return real(digest, scope)
+
+    monkeypatch.setattr(cache.storage, "manifest", counted)
+    for _ in range(3):
+        assert manifest(cache, LISTS).outcome is CacheOutcome.HIT
+        hit = manifest(cache, LISTS, digest_of(LIST))
+        assert (hit.body, hit.outcome) == (LIST, CacheOutcome.HIT)
+    assert reads == [digest_of(LIST)]

@@ -22,7 +22,7 @@ what was pulled with credentials is never served to a route without them.
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -79,6 +79,8 @@ _COUNTS = ("hit", "miss", "coalesced", "stale", "revalidated")
 # How long an upstream's yes to a client's own account is trusted.
 CONFIRMED_FOR = 60.0
 _MAX_CONFIRMED = 10_000
+# Memory for the hottest manifests (each at most a 64th of it).
+HOT_MANIFEST_BYTES = 32 * 1024 * 1024
 # HEAD resolutions waiting for their manifest; past this many, the oldest are forgotten.
 _MAX_RESOLUTIONS = 10_000
 
@@ -130,6 +132,9 @@ class CachingRegistry:
         # a GET by that digest stores the manifest.
         self._resolved: dict[tuple[Scope, str], set[str]] = {}
         self._coalescer = Coalescer()
+        # Manifests by scope and digest, most recently used last: hits without the index.
+        self._hot: OrderedDict[tuple[Scope, str], StoredManifest] = OrderedDict()
+        self._hot_bytes = 0
         self.stats: Counter[str] = Counter()
         self._logged_stats: dict[str, int] = {}
 
@@ -145,7 +150,7 @@ class CachingRegistry:
             return await self._inner.manifest(target, reference, accept, head=head)
         scope = scope_of(target)
         if is_digest(reference):
-            stored = await self._storage.manifest(reference, scope)
+            stored = await self._stored_manifest(reference, scope)
             if stored is not None and acceptable(stored.media_type, accept):
                 if not stored.linked:
                     # Stored from another repository: is it in this one?  One HEAD says.
@@ -157,7 +162,7 @@ class CachingRegistry:
                 self._keep(scope, manifest, self._resolved.pop((scope, reference), set()))
             return self._count(manifest, MISS)
         entry = await self._storage.tag(scope, reference)
-        stored = await self._storage.manifest(entry.digest, scope) if entry else None
+        stored = await self._stored_manifest(entry.digest, scope) if entry else None
         if entry is None or stored is None:
             return await self._resolve(target, reference, accept, head, None)
         if not acceptable(stored.media_type, accept):
@@ -178,6 +183,23 @@ class CachingRegistry:
             return await self._resolve(target, reference, accept, head, (stored, age))
         self._background(self._storage.set_tag(scope, reference, stored.digest))
         return self._answer(stored, head, CacheOutcome.REVALIDATED)
+
+    async def _stored_manifest(self, digest: str, scope: Scope) -> StoredManifest | None:
+        """A stored manifest, from memory when it is a hot one (no thread, no file, no hash)."""
+        key = (scope, digest)
+        hot = self._hot.get(key)
+        if hot is not None:
+            self._hot.move_to_end(key)
+            return hot
+        stored = await self._storage.manifest(digest, scope)
+        # Only once shown under this repository (and re-hashed as it was read): immutable.
+        if stored is not None and stored.linked and len(stored.body) <= HOT_MANIFEST_BYTES // 64:
+            self._hot[key] = stored
+            self._hot_bytes += len(stored.body)
+            while self._hot_bytes > HOT_MANIFEST_BYTES:
+                _, dropped = self._hot.popitem(last=False)
+                self._hot_bytes -= len(dropped.body)
+        return stored
 
     def _holding(self, target: Target) -> bool:
         quota = self._quotas.get(target.registry.name)
