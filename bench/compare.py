@@ -17,9 +17,10 @@ dockermirror as ``twistd -n dockermirror`` on its defaults (one process;
 three targets in turn, the order rotating from one repetition to the next:
 ``direct`` (the upstream, every request with a Bearer token), ``peer`` and
 ``dockermirror`` (anonymous clients); for ``direct``, "cold" and "warm" are the
-same thing.  The upstream's token server is the benchmark's own
-(bench/tokenserver.py), fast enough not to hold back the peer, which asks it for
-a token on every request it passes upstream.  The table shows medians of the runs
+same thing.  The upstream and its token server are the test suite's
+(tests/support), the token server fast enough (its key loaded once, connections
+kept alive) not to hold back the peer, which asks it for a token on every
+request it passes upstream.  The table shows medians of the runs
 (peak RSS: the largest), with the ratios dockermirror/peer and
 dockermirror/direct; whether higher or lower is better is in its own column.
 It is printed, and written as Markdown and JSON to ``bench/results/`` with the

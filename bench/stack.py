@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -30,12 +29,11 @@ from tests.support.images import (
     OCI_MANIFEST,
     Blob,
     Image,
-    Pusher,
     single_image,
 )
-from tests.support.peers import Upstream
+from tests.support.peers import Upstream, start_upstream
 from tests.support.processes import Peer, free_port
-from tests.support.tokens import ISSUER, SERVICE, make_pki, sign_token
+from tests.support.tokens import sign_token
 
 ROOT = Path(__file__).resolve().parents[1]
 MIB = 1024 * 1024
@@ -82,67 +80,6 @@ def build_corpus(directory: Path, big_size: int, small_size: int, small_count: i
 
     small = tuple(image(f"library/small{i:02d}", small_size) for i in range(small_count))
     return Corpus(image("library/big", big_size), small)
-
-
-def start_upstream(root: Path, registry_bin: str, images: dict[str, Image]) -> Upstream:
-    """The registry with token auth and the benchmark's token server; ``images`` pushed.
-
-    As the test suite's ``start_upstream``, with a token server fast enough to
-    measure a peer that asks it on every request (bench/tokenserver.py).
-    """
-    root.mkdir(parents=True, exist_ok=True)
-    key, cert = make_pki(root)
-    token_port, registry_port = free_port(), free_port()
-    tokens = Peer(
-        "token server",
-        [sys.executable, str(ROOT / "bench/tokenserver.py"), str(token_port), str(key), str(cert)],
-        ("127.0.0.1", token_port),
-        root / "tokenserver.log",
-    )
-    storage = root / "storage"
-    config = root / "registry.yml"
-    config.write_text(
-        f"""version: 0.1
-log:
-  level: warn
-storage:
-  filesystem:
-    rootdirectory: {storage}
-  maintenance:
-    uploadpurging:
-      enabled: false
-http:
-  addr: 127.0.0.1:{registry_port}
-  secret: dockermirror-bench
-auth:
-  token:
-    realm: http://127.0.0.1:{token_port}/token
-    service: {SERVICE}
-    issuer: {ISSUER}
-    rootcertbundle: {cert}
-"""
-    )
-    try:
-        registry = Peer(
-            "registry",
-            [registry_bin, "serve", str(config)],
-            ("127.0.0.1", registry_port),
-            root / "registry.log",
-        )
-    except BaseException:
-        tokens.stop()
-        raise
-    url = f"http://127.0.0.1:{registry_port}"
-    token_log = root / "tokens.unused"
-    upstream = Upstream(url, storage, images, key, cert, token_log, registry, tokens)
-    pusher = Pusher(url, lambda name: upstream.token(name, ("pull", "push")))
-    try:
-        for image in images.values():
-            pusher.push(image)
-    except BaseException:
-        upstream.stop()
-        raise
-    return upstream
 
 
 class UpstreamLog:

@@ -102,17 +102,25 @@ auth:
     rootcertbundle: {cert}
 """
     )
-    registry = Peer(
-        "registry",
-        [registry_bin, "serve", str(config)],
-        ("127.0.0.1", registry_port),
-        root / "registry.log",
-    )
+    try:
+        registry = Peer(
+            "registry",
+            [registry_bin, "serve", str(config)],
+            ("127.0.0.1", registry_port),
+            root / "registry.log",
+        )
+    except BaseException:
+        tokens.stop()
+        raise
     url = f"http://127.0.0.1:{registry_port}"
     upstream = Upstream(url, storage, images, key, cert, token_log, registry, tokens)
     pusher = Pusher(url, lambda name: upstream.token(name, ("pull", "push")))
-    for image in images.values():
-        pusher.push(image)
+    try:
+        for image in images.values():
+            pusher.push(image)
+    except BaseException:
+        upstream.stop()
+        raise
     return upstream
 
 

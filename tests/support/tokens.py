@@ -51,20 +51,33 @@ def make_pki(directory: Path) -> tuple[Path, Path]:
     return key_path, cert_path
 
 
+class Signer:
+    """Signs tokens with a key and certificate loaded once (a token server signs many)."""
+
+    def __init__(self, key_path: Path, cert_path: Path) -> None:
+        # Parsed once: loading (and checking) an RSA key costs tens of milliseconds.
+        key = serialization.load_pem_private_key(key_path.read_bytes(), None)
+        assert isinstance(key, rsa.RSAPrivateKey)
+        self._key = key
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        self._x5c = base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()
+
+    def sign(self, access: Sequence[Mapping[str, object]], ttl: int = 300) -> str:
+        now = int(time.time())
+        claims = {
+            "iss": ISSUER,
+            "sub": "test",
+            "aud": SERVICE,
+            "exp": now + ttl,
+            "nbf": now - 10,
+            "iat": now,
+            "jti": secrets.token_hex(8),
+            "access": access,
+        }
+        return jwt.encode(claims, self._key, algorithm="RS256", headers={"x5c": [self._x5c]})
+
+
 def sign_token(
     key_path: Path, cert_path: Path, access: Sequence[Mapping[str, object]], ttl: int = 300
 ) -> str:
-    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-    x5c = base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()
-    now = int(time.time())
-    claims = {
-        "iss": ISSUER,
-        "sub": "test",
-        "aud": SERVICE,
-        "exp": now + ttl,
-        "nbf": now - 10,
-        "iat": now,
-        "jti": secrets.token_hex(8),
-        "access": access,
-    }
-    return jwt.encode(claims, key_path.read_bytes(), algorithm="RS256", headers={"x5c": [x5c]})
+    return Signer(key_path, cert_path).sign(access, ttl)

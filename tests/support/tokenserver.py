@@ -15,15 +15,21 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from tests.support.tokens import sign_token
+from tests.support.tokens import Signer
 
 CREDENTIALS = ("mirror", "s3cret")
 
 
 def main() -> None:
     port, key, cert, logfile = int(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
+    signer = Signer(key, cert)
 
     class Handler(BaseHTTPRequestHandler):
+        # Kept alive, as real token servers are: a peer that asks for a token per request
+        # is measured, not this server.
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True
+
         def do_GET(self) -> None:
             url = urlsplit(self.path)
             query = parse_qs(url.query)
@@ -43,7 +49,7 @@ def main() -> None:
                 access.append({"type": kind, "name": name, "actions": actions.split(",")})
             with open(logfile, "a") as f:
                 f.write(json.dumps({"scope": query.get("scope", []), "basic": authorized}) + "\n")
-            token = sign_token(key, cert, access)
+            token = signer.sign(access)
             self._answer(200, {"token": token, "access_token": token, "expires_in": 300})
 
         def _answer(self, status: int, body: dict[str, object]) -> None:
