@@ -48,6 +48,26 @@ def read_verified(url: str) -> str:
     return "sha256:" + hasher.hexdigest()
 
 
+def read_at_once(url: str, clients: int) -> list[str]:
+    """The digests ``clients`` clients read from ``url``, all asking at once."""
+    results: list[str] = []
+    errors: list[BaseException] = []
+
+    def pull() -> None:
+        try:
+            results.append(read_verified(url))
+        except BaseException as e:  # collected for the assertion below
+            errors.append(e)
+
+    threads = [threading.Thread(target=pull) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(300)
+    assert errors == []
+    return results
+
+
 @pytest.mark.parametrize("label", sorted(IMAGES))
 def test_second_pull_makes_no_upstream_request(
     label: str,
@@ -118,22 +138,7 @@ def test_concurrent_clients_share_one_upstream_download(
     digest, size = big_layer(upstream)
     path = f"/v2/library/big/blobs/{digest}"
     mark = upstream.log_mark()
-    results: list[str] = []
-    errors: list[BaseException] = []
-
-    def pull() -> None:
-        try:
-            results.append(read_verified(mirror.url + path))
-        except BaseException as e:  # collected for the assertion below
-            errors.append(e)
-
-    threads = [threading.Thread(target=pull) for _ in range(20)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(300)
-    assert errors == []
-    assert results == [digest] * 20
+    assert read_at_once(mirror.url + path, 20) == [digest] * 20
     # The first GET may meet a 401 and come again with a token: one download is one 200.
     downloads = [r for r in upstream.requests(mark) if r[:2] == ("GET", path) and r[2] == 200]
     assert downloads == [("GET", path, 200)]

@@ -9,12 +9,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import attrs
+import pytest
 from twisted.internet.task import Clock
 
 from dockermirror.registry.fills import POLL_INTERVAL, RemoteFill
 from dockermirror.storage import layout
 from dockermirror.storage.filesystem import FilesystemStorage
-from dockermirror.storage.interface import Scope
+from dockermirror.storage.interface import BlobWriter, Scope
 from dockermirror.storage.sharing import FillClaim, FillState, ForeignFill, claim
 from dockermirror.storage.workers import InlineWorker
 
@@ -79,7 +81,17 @@ def test_claims_are_per_upstream_identity(tmp_path: Path) -> None:
     theirs.release()
 
 
-def test_a_remote_fill_announces_bytes_and_completes_only_once_renamed(tmp_path: Path) -> None:
+@attrs.define
+class Following:
+    """Two storages on one directory: the owner downloading a blob, the other following it."""
+
+    clock: Clock
+    writer: BlobWriter
+    remote: RemoteFill
+
+
+@pytest.fixture
+def following(tmp_path: Path) -> Following:
     clock = Clock()
     scope = Scope("u", "library/redis")
     owner = FilesystemStorage(
@@ -94,7 +106,13 @@ def test_a_remote_fill_announces_bytes_and_completes_only_once_renamed(tmp_path:
     foreign = other.claim(DIGEST, scope)
     assert foreign is not None
     writer = owner.begin_write(DIGEST, 10, scope)
-    remote = RemoteFill(foreign, DIGEST, scope, 10, clock)
+    return Following(clock, writer, RemoteFill(foreign, DIGEST, scope, 10, clock))
+
+
+def test_a_remote_fill_announces_bytes_and_completes_only_once_renamed(
+    following: Following,
+) -> None:
+    clock, writer, remote = following.clock, following.writer, following.remote
     heard: list[int] = []
     remote.listen(lambda: heard.append(remote.announced))
     writer.write(b"12345")
@@ -112,23 +130,9 @@ def test_a_remote_fill_announces_bytes_and_completes_only_once_renamed(tmp_path:
     reader.close()
 
 
-def test_a_remote_fill_that_the_other_process_drops_fails(tmp_path: Path) -> None:
+def test_a_remote_fill_that_the_other_process_drops_fails(following: Following) -> None:
     """A digest that did not match: the owner discards; followers must not look complete."""
-    clock = Clock()
-    scope = Scope("u", "library/redis")
-    owner = FilesystemStorage(
-        tmp_path, clock, 10**9, 0, lookups=InlineWorker(), writes=InlineWorker()
-    )
-    other = FilesystemStorage(
-        tmp_path, clock, 10**9, 0, lookups=InlineWorker(), writes=InlineWorker(), owner=False
-    )
-    for storage in (owner, other):
-        storage.open()
-    assert owner.claim(DIGEST, scope) is None
-    foreign = other.claim(DIGEST, scope)
-    assert foreign is not None
-    writer = owner.begin_write(DIGEST, 10, scope)
-    remote = RemoteFill(foreign, DIGEST, scope, 10, clock)
+    clock, writer, remote = following.clock, following.writer, following.remote
     ended: list[RemoteFill] = []
     remote.when_ended(ended.append)
     writer.write(b"1234567890")

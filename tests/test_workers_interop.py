@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +20,7 @@ import pytest
 from tests.support.clients import fetch, require
 from tests.support.peers import Mirror, Upstream, assert_clean_log, registry_config, start_mirror
 from tests.support.processes import wait_for
-from tests.test_cache_interop import big_layer, leftovers, read_verified, stored
+from tests.test_cache_interop import big_layer, leftovers, read_at_once, stored
 
 
 @pytest.fixture
@@ -65,21 +64,7 @@ def test_two_workers_share_the_port_and_one_upstream_download(
     digest, size = big_layer(upstream)
     path = f"/v2/library/big/blobs/{digest}"
     mark = upstream.log_mark()
-    results: list[str] = []
-    errors: list[BaseException] = []
-
-    def pull() -> None:
-        try:
-            results.append(read_verified(mirror.url + path))
-        except BaseException as e:  # collected for the assertion below
-            errors.append(e)
-
-    threads = [threading.Thread(target=pull) for _ in range(20)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(300)
-    assert errors == [] and results == [digest] * 20
+    assert read_at_once(mirror.url + path, 20) == [digest] * 20
     # Both workers served, and the layer came from the upstream once.
     assert served_by(mirror, path) == {mirror.peer.process.pid, *worker_pids(mirror)}
     downloads = [r for r in upstream.requests(mark) if r[:2] == ("GET", path) and r[2] == 200]

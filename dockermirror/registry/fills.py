@@ -23,7 +23,7 @@ fetch the blob themselves.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
-from typing import Protocol, cast
+from typing import Protocol, Self, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer, IProducer, IPushProducer, IReactorTime
@@ -78,8 +78,44 @@ class DetachedSlots:
         self.taken -= 1
 
 
+class _Followed:
+    """What readers follow of a download: bytes announced as they arrive, and its end."""
+
+    def __init__(self) -> None:
+        self._announced = 0
+        self._listeners: list[Callable[[], None]] = []
+        self._ended: list[Callable[[Self], None]] | None = []
+
+    @property
+    def announced(self) -> int:
+        """Bytes readers were told of (in storage, or held when streaming through)."""
+        return self._announced
+
+    def listen(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` whenever bytes arrive or the download ends."""
+        self._listeners.append(callback)
+
+    def unlisten(self, callback: Callable[[], None]) -> None:
+        if callback in self._listeners:
+            self._listeners.remove(callback)
+
+    def when_ended(self, callback: Callable[[Self], None]) -> None:
+        """Call ``callback`` once the download failed, or its blob is stored (or cannot be)."""
+        if self._ended is not None:
+            self._ended.append(callback)
+
+    def _tell_listeners(self) -> None:
+        for callback in list(self._listeners):
+            callback()
+
+    def _end(self: Self) -> None:
+        ended, self._ended = self._ended, None
+        for callback in ended or ():
+            callback(self)
+
+
 @implementer(IConsumer)
-class Fill:
+class Fill(_Followed):
     """One download of ``digest`` (``size`` bytes) into ``writer``, fetched under ``scope``."""
 
     RUNNING, COMPLETE, FAILED = "running", "complete", "failed"
@@ -94,6 +130,7 @@ class Fill:
         clock: IReactorTime,
         slots: DetachedSlots,
     ) -> None:
+        super().__init__()
         self.digest = digest
         self.scope = scope
         self.size = size
@@ -105,12 +142,9 @@ class Fill:
         self._slots = slots
         self._detached = False  # holding one of the slots
         self._clock = clock
-        self._announced = 0
         self._announced_at = clock.seconds()
         # Each reader's position: after a storage failure, memory is freed up to the lowest.
         self._readers: dict[Hashable, int] = {}
-        self._listeners: list[Callable[[], None]] = []
-        self._ended: list[Callable[[Fill], None]] | None = []
         self._transfer: Deferred[None] | None = None
         self._producer: IPushProducer | None = None
         self._paused = False
@@ -129,24 +163,6 @@ class Fill:
 
     def reader(self) -> BlobReader:
         return self._writer.reader()
-
-    @property
-    def announced(self) -> int:
-        """Bytes received (in storage, or held when streaming through) readers were told of."""
-        return self._announced
-
-    def listen(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` whenever bytes arrive or the fill ends."""
-        self._listeners.append(callback)
-
-    def unlisten(self, callback: Callable[[], None]) -> None:
-        if callback in self._listeners:
-            self._listeners.remove(callback)
-
-    def when_ended(self, callback: Callable[[Fill], None]) -> None:
-        """Call ``callback`` once the fill failed, or its blob is stored (or cannot be)."""
-        if self._ended is not None:
-            self._ended.append(callback)
 
     def reader_joined(self, reader: Hashable, position: int) -> None:
         self._readers[reader] = position
@@ -266,11 +282,6 @@ class Fill:
         if self.on_disk is None:
             self._writer.commit().addBoth(lambda _: self._end())
 
-    def _end(self) -> None:
-        ended, self._ended = self._ended, None
-        for callback in ended or ():
-            callback(self)
-
     def _failed(self, failure: Failure) -> None:
         if self.state == self.RUNNING:
             self._fail(failure.getErrorMessage())
@@ -291,8 +302,7 @@ class Fill:
 
     def _notify(self) -> None:
         self._announced, self._announced_at = self.written, self._clock.seconds()
-        for callback in list(self._listeners):
-            callback()
+        self._tell_listeners()
 
 
 class FillView(Protocol):
@@ -319,7 +329,7 @@ class FillView(Protocol):
     def read_held(self, position: int, size: int) -> bytes: ...
 
 
-class RemoteFill:
+class RemoteFill(_Followed):
     """Another process's download of a blob into the shared cache (``--workers``), followed.
 
     Its file is polled: new bytes are announced to readers as they reach the
@@ -333,36 +343,19 @@ class RemoteFill:
     def __init__(
         self, foreign: ForeignWrite, digest: str, scope: Scope, size: int, clock: IReactorTime
     ) -> None:
+        super().__init__()
         self.digest = digest
         self.scope = scope
         self.size = size
         self.state = self.RUNNING
         self.problem: str | None = None
         self._foreign = foreign
-        self._announced = 0
-        self._listeners: list[Callable[[], None]] = []
-        self._ended: list[Callable[[RemoteFill], None]] | None = []
         self._poll = LoopingCall(self._check)
         self._poll.clock = clock
         self._poll.start(POLL_INTERVAL, now=True)
 
     def reader(self) -> BlobReader:
         return self._foreign.reader()
-
-    @property
-    def announced(self) -> int:
-        return self._announced
-
-    def listen(self, callback: Callable[[], None]) -> None:
-        self._listeners.append(callback)
-
-    def unlisten(self, callback: Callable[[], None]) -> None:
-        if callback in self._listeners:
-            self._listeners.remove(callback)
-
-    def when_ended(self, callback: Callable[[RemoteFill], None]) -> None:
-        if self._ended is not None:
-            self._ended.append(callback)
 
     # The other process downloads whatever readers do here: nothing to account for.
 
@@ -391,18 +384,9 @@ class RemoteFill:
         elif state is not FillState.RUNNING:
             self.state = self.FAILED
             self.problem = self.problem or "the download in another worker failed"
-        self._notify()
+        self._tell_listeners()
         if self.state != self.RUNNING:
+            if self._poll.running:
+                self._poll.stop()
+            self._foreign.close()
             self._end()
-
-    def _notify(self) -> None:
-        for callback in list(self._listeners):
-            callback()
-
-    def _end(self) -> None:
-        if self._poll.running:
-            self._poll.stop()
-        self._foreign.close()
-        ended, self._ended = self._ended, None
-        for callback in ended or ():
-            callback(self)
