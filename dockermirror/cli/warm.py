@@ -61,6 +61,7 @@ from dockermirror.config import (
 )
 from dockermirror.configvalues import ConfigError
 from dockermirror.errors import DENIED, RegistryError
+from dockermirror.metrics import Metrics
 from dockermirror.reference import parse_image
 from dockermirror.registry.caching import CachingRegistry, scope_of
 from dockermirror.registry.fills import Fill, RemoteFill
@@ -79,8 +80,7 @@ from dockermirror.registry.warming import (
     warm_image,
 )
 from dockermirror.routing import Target, target_for_image
-from dockermirror.storage.filesystem import FilesystemStorage
-from dockermirror.storage.workers import ThreadWorker
+from dockermirror.service import build_registry
 from dockermirror.upstream.client import UpstreamClient
 from dockermirror.upstream.pools import UpstreamPools
 
@@ -460,18 +460,14 @@ async def into_directory(
     err: TextIO,
 ) -> int:
     pools = UpstreamPools(config, reactor)
-    settings = config.cache
-    storage = FilesystemStorage(
-        Path(settings.dir),
-        reactor,
-        settings.max_size,
-        settings.min_free,
-        lookups=ThreadWorker(reactor, "dockermirror-warm-lookups"),
-        writes=ThreadWorker(reactor, "dockermirror-warm-writes"),
-        owner=False,  # a mirror may be running on the directory
+    # The mirror's own stack, as a process that does not own the directory (a mirror may be
+    # running on it): nothing of the mirror's is cleaned up, evicted or scrubbed.
+    cache, _ = build_registry(
+        config, reactor, pools.clients, metrics=Metrics(reactor, {}), owner=False
     )
-    upstream = UpstreamRegistry(pools.clients, config.upstream)
-    cache = CachingRegistry(upstream, storage, reactor, settings, config.upstream.idle_timeout)
+    assert isinstance(cache, CachingRegistry)  # the configuration's cache is on
+    storage = cache.storage
+    settings = config.cache
     try:
         try:
             await storage.open()
