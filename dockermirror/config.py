@@ -21,6 +21,7 @@ from dockermirror.configvalues import (
     any_list,
     boolean,
     check_keys,
+    is_number,
     network,
     parse_size,
     patterns,
@@ -199,6 +200,8 @@ def load_toml(path: str) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: invalid TOML: the file is not UTF-8") from None
 
 
 def parse_assignment(text: str, option: str) -> tuple[str, str]:
@@ -325,7 +328,7 @@ def _prefetch(entry: object, key: str, registries: Mapping[str, Registry]) -> Pr
         if not 2 <= len(platform.split("/")) <= 3 or not all(platform.split("/")):
             raise ConfigError(f"{key}.platforms: {platform!r} is not OS/ARCH[/VARIANT]")
     interval = entry.get("interval", 6 * 3600)
-    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval < 60:
+    if not is_number(interval) or interval < 60:
         raise ConfigError(f"{key}.interval: must be a number of seconds, 60 or more")
     return PrefetchSettings(images, platforms, float(interval))
 
@@ -425,7 +428,7 @@ def _numbers(kind: type[N], table: Mapping[str, Any], prefix: str) -> N:
     values: dict[str, Any] = {}
     for name, value in table.items():
         whole = fields[name].type in (int, "int")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        if not is_number(value) or value <= 0:
             raise ConfigError(f"{prefix}{name}: must be a positive number")
         if whole and not isinstance(value, int):
             raise ConfigError(f"{prefix}{name}: must be a whole number")
@@ -447,7 +450,7 @@ def _cache(table: Mapping[str, Any]) -> CacheSettings:
             value = parse_size(value, key)
         elif name == "scrub_rate":
             value = 0 if value == 0 else parse_size(value, key)
-        elif isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        elif not is_number(value) or value < 0:
             raise ConfigError(f"{key}: must be a number of seconds, 0 or more")
         values[name] = value
     return CacheSettings(**values)

@@ -6,6 +6,7 @@ Shared by :mod:`dockermirror.config` and the access policy's settings.
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -62,6 +63,11 @@ def any_list(data: Mapping[str, Any], key: str, name: str) -> list[Any]:
     if not isinstance(value, list):
         raise ConfigError(f"{name}: must be a list")
     return value
+
+
+def is_number(value: object) -> bool:
+    """An int or float that is finite (TOML allows nan and inf; no setting means them)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def string(value: object, key: str) -> str:

@@ -76,9 +76,8 @@ class Listener(Service):
         if not results:
             raise StartupError(f"cannot listen on {self.description}: it did not listen at once")
         if isinstance(results[0], Failure):
+            # Any reason (in use, no permission, a port number past 65535): one line.
             error = results[0].value
-            if not isinstance(error, (CannotListenError, OSError)):
-                results[0].raiseException()
             error = getattr(error, "socketError", error)
             reason = getattr(error, "strerror", None) or error
             raise StartupError(f"cannot listen on {self.description}: {reason}")

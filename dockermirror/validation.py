@@ -108,6 +108,9 @@ def validate(data: Mapping[str, Any], overrides: Overrides | None = None) -> Val
     auth = parts.get("auth")
     if auth is not None:
         problems += auth_file_problems(auth)
+    cache = parts.get("cache")
+    if _PREFETCH in data and cache is not None and not cache.cache.enabled:
+        problems.append("prefetch: the cache is off (cache.enabled = false): nothing to keep warm")
 
     config = None
     if not problems:
@@ -117,18 +120,28 @@ def validate(data: Mapping[str, Any], overrides: Overrides | None = None) -> Val
 
 
 def endpoint_problems(endpoints: Iterable[str], what: str) -> list[str]:
-    """Endpoints twistd cannot parse (parsing only: nothing listens)."""
+    """Endpoints twistd cannot parse (parsing only: nothing listens), or names twice."""
     problems = []
+    seen: set[str] = set()
     for endpoint in endpoints:
+        if endpoint in seen:
+            problems.append(f"{what} {endpoint!r}: listed twice")
+            continue
+        seen.add(endpoint)
         try:
-            serverFromString(None, endpoint)
+            parsed = serverFromString(None, endpoint)
         except IndexError as e:
             # systemd: names a socket systemd passed; outside systemd there are none to name.
             if endpoint.startswith("systemd:") and "LISTEN_FDS" not in os.environ:
                 continue
             problems.append(f"{what} {endpoint!r}: no such socket was passed ({e})")
-        except (ValueError, KeyError, TypeError, OSError) as e:
+            continue
+        except Exception as e:  # a key and certificate that do not match, garbage PEM, ...
             problems.append(f"{what} {endpoint!r}: {e}")
+            continue
+        port = getattr(parsed, "_port", None)  # (TCP and TLS endpoints keep it privately)
+        if isinstance(port, int) and not 0 <= port <= 65535:
+            problems.append(f"{what} {endpoint!r}: {port} is not a port (0 to 65535)")
     return problems
 
 

@@ -18,6 +18,7 @@ from dockermirror import cli
 from dockermirror.cli.htpasswd import hash_password
 from dockermirror.validation import Overrides, check_file, validate
 from tests.support.clients import require
+from tests.support.pki import make_pki
 
 
 @pytest.fixture
@@ -241,3 +242,31 @@ def test_check_file_reads_nothing_it_should_not_write(files: Path, tmp_path: Pat
     before = sorted(os.listdir(files))
     assert check_file(str(config)) == []
     assert sorted(os.listdir(files)) == before
+
+
+def test_what_would_stop_the_mirror_with_a_traceback_is_one_line(tmp_path: Path) -> None:
+    """A TLS key of another certificate, a port past 65535, a port twice, nan, not UTF-8."""
+    first, second = make_pki(tmp_path / "a", ["127.0.0.1"]), make_pki(tmp_path / "b", ["::1"])
+    mismatched = f"ssl:0:privateKey={second.key}:certKey={first.cert}"
+    problems = validate(
+        {
+            "server": {"ports": [mismatched, "tcp:99999", "tcp:5000", "tcp:5000"]},
+            "upstream": {"idle_timeout": float("nan")},
+            "cache": {"tag_ttl": float("inf")},
+        }
+    ).problems
+    assert any(p.startswith(f"port {mismatched!r}: ") for p in problems), problems
+    assert "port 'tcp:99999': 99999 is not a port (0 to 65535)" in problems
+    assert "port 'tcp:5000': listed twice" in problems
+    assert "upstream.idle_timeout: must be a positive number" in problems
+    assert "cache.tag_ttl: must be a number of seconds, 0 or more" in problems
+    garbage = tmp_path / "latin1.toml"
+    garbage.write_bytes(b"# caf\xe9\n")
+    assert check_file(str(garbage)) == [f"{garbage}: invalid TOML: the file is not UTF-8"]
+
+
+def test_prefetch_without_a_cache_is_a_problem() -> None:
+    problems = validate({"cache": {"enabled": False}, "prefetch": [{"images": ["redis"]}]})
+    assert problems.problems == (
+        "prefetch: the cache is off (cache.enabled = false): nothing to keep warm",
+    )

@@ -2,7 +2,7 @@
 
 ::
 
-    dockermirror check-config FILE          the mirror's start-up checks, every problem named
+    dockermirror check-config FILE          the start-up checks, every independent problem
     dockermirror cache stats [--json]       what the cache holds, per upstream registry
     dockermirror cache ls [REPO] [--json]   repositories and tags; one repository in detail
     dockermirror cache purge NAME[:TAG]|DIGEST

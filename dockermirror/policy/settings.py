@@ -15,6 +15,7 @@ import attrs
 from dockermirror.configvalues import (
     ConfigError,
     check_keys,
+    is_number,
     network,
     parse_size,
     patterns,
@@ -137,7 +138,7 @@ def _limits(values: Mapping[str, Any], prefix: str) -> Limits:
         key = prefix + name
         if name == "bytes_per_second":
             value = float(parse_size(value, key))
-        elif isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        elif not is_number(value) or value <= 0:
             raise ConfigError(f"{key}: must be a positive number")
         elif name == "concurrent_blobs" and not isinstance(value, int):
             raise ConfigError(f"{key}: must be a whole number")
