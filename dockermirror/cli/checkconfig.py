@@ -19,8 +19,9 @@ def add_parser(commands: Commands) -> None:
         help="check a configuration file as the mirror does at start",
         description="Check a configuration file as the mirror does at start: its values, the"
         " listening and metrics endpoints, the htpasswd and token key files it names, the"
-        " [[prefetch]] images. Every independent problem is printed, one line each (a table is checked up to its first problem). Run it as the"
-        " mirror's user: files are checked with the rights of whoever runs it.",
+        " [[prefetch]] images. Every independent problem is printed, one line each (a"
+        " table is checked up to its first problem). Run it as the mirror's user: files"
+        " are checked with the rights of whoever runs it.",
         epilog="Exit status: 0 valid, 1 it has problems, 2 a usage error.",
     )
     parser.add_argument("file", metavar="FILE", help="the TOML configuration file")
