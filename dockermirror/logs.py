@@ -8,5 +8,6 @@ from twisted.logger import ILogObserver, jsonFileLogObserver
 
 
 def json_observer() -> ILogObserver:
-    """``twistd --logger=dockermirror.logs.json_observer``: one JSON event per line on stdout."""
-    return jsonFileLogObserver(sys.stdout)
+    """``twistd -n --logger=dockermirror.logs.json_observer``: one JSON event per line on
+    stdout (no record separator: each line is JSON as it stands, for log shippers)."""
+    return jsonFileLogObserver(sys.stdout, recordSeparator="")

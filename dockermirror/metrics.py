@@ -85,7 +85,8 @@ class Metrics:
     def answered(self, registry: str, status: int, seconds: float) -> None:
         self._latency.labels(registry).observe(seconds)
         if status >= 500 or status == 429:
-            self._errors.labels(registry, f"status_{status}").inc()
+            # Classes, not statuses: an upstream may send any number.
+            self._errors.labels(registry, "status_429" if status == 429 else "status_5xx").inc()
             self._set_health(registry, False, f"answered {status}")
         else:
             self._set_health(registry, True, None)

@@ -22,8 +22,9 @@ from twisted.internet.task import Clock
 from twisted.web.server import Request
 
 from dockermirror.config import build_config
+from dockermirror.metrics import Metrics
 from dockermirror.reference import digest_of
-from dockermirror.registry.quota import MAX_RETRY, HubQuota
+from dockermirror.registry.quota import MAX_RETRY, MAX_WINDOW, HubQuota
 from dockermirror.routing import target_for_image
 from dockermirror.service import build_metrics_site, hub_quotas, quota_holds
 from tests.fakes import FakeRegistry, Harness, json_error, result_of, stub_client
@@ -255,3 +256,24 @@ def test_warming_waits_while_the_quota_holds() -> None:
     assert hold(hub_image) and not hold(other)
     clock.advance(21601)
     assert not hold(hub_image)
+
+
+def test_a_window_is_held_a_day_at_most() -> None:
+    clock = Clock()
+    quota = HubQuota("docker.io", clock, 10)
+    quota.observe("100;w=999999999", "5;w=999999999", None)
+    assert quota.reading().holding_until == MAX_WINDOW
+
+
+def test_upstream_error_kinds_are_classes_not_statuses() -> None:
+    """An upstream may answer any number: the metrics' label takes a few values only."""
+    metrics = Metrics(Clock(), {})
+    for status in (500, 503, 599, 700, 999, 429):
+        metrics.answered("docker.io", status, 0.1)
+    kinds = {
+        sample.labels["kind"]
+        for family in metrics.registry.collect()
+        for sample in family.samples
+        if sample.name == "dockermirror_upstream_errors_total"
+    }
+    assert kinds == {"status_5xx", "status_429"}

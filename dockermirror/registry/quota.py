@@ -33,8 +33,10 @@ _WINDOW = re.compile(r"(?:^|;)\s*w\s*=\s*([0-9]{1,9})\s*(?:;|\Z)")
 # Hub's window when its headers name none, and how long a 429 lasts without Retry-After.
 DEFAULT_WINDOW = 21600
 DEFAULT_RETRY = 60.0
-# A Retry-After longer than this is taken as this: a wrong clock must not stop revalidation.
+# A Retry-After or window longer than these is taken as these: a wrong clock or a lying
+# header must not stop revalidation for long.
 MAX_RETRY = 6 * 3600.0
+MAX_WINDOW = 24 * 3600
 
 
 class HubQuota:
@@ -62,7 +64,7 @@ class HubQuota:
         now = self._clock.seconds()
         if self._floor and self._remaining <= self._floor:
             if self._held_until is None or self._held_until <= now:
-                window = self._window or DEFAULT_WINDOW
+                window = min(self._window or DEFAULT_WINDOW, MAX_WINDOW)
                 self._held_until = now + window
                 log.warn(
                     "{registry}: {remaining} of {limit} pulls left (source {source}), at the"
