@@ -145,3 +145,36 @@ def test_upstream_failures(answer: Any, status: int, expected: int) -> None:
 def test_no_query_gets_a_500(query: str) -> None:
     response = mirror(hub()).request("GET", "/v1/search?q=" + query.replace("#", ""))
     assert response.code in (200, 400, 404)
+
+
+def test_a_page_holds_what_was_asked_for_and_only_repository_names() -> None:
+    many = {
+        "results": [{"name": f"team/app{i}"} for i in range(100)]
+        + [{"name": ""}, {"name": "Not A Name"}]
+    }
+    code, document = search(mirror(hub(many)), "q=app&n=10")
+    assert (code, [r["name"] for r in document["results"]]) == (
+        200,
+        [f"team/app{i}" for i in range(10)],
+    )
+    code, document = search(mirror(hub({"results": [{"name": ""}, {"name": "ok/x"}]})), "q=x")
+    assert [r["name"] for r in document["results"]] == ["ok/x"]
+
+
+def test_numbers_past_floats_are_an_invalid_answer() -> None:
+    answer = b'{"num_pages": 1e400, "results": [{"name": "a/b", "star_count": 1e400}]}'
+    code, document = search(mirror(hub(answer)), "q=a")
+    assert (code, document["errors"][0]["code"]) == (502, "UNAVAILABLE")
+
+
+def test_answers_kept_are_bounded_by_their_size() -> None:
+    """A hostile upstream's megabyte answers do not pile up: the oldest are let go."""
+    big = {"results": [{"name": "a/b", "description": "x" * (1000 * 1000 - 100)}]}
+    registry = hub(big)
+    harness = mirror(registry)
+    for i in range(20):
+        search(harness, f"q=term{i}")
+    search(harness, "q=term19")
+    assert len(registry.paths()) == 20  # the newest is still kept
+    search(harness, "q=term0")
+    assert len(registry.paths()) == 21  # the oldest was let go

@@ -19,12 +19,14 @@ from twisted.internet.interfaces import IReactorTime
 from dockermirror.coalesce import Coalescer
 from dockermirror.config import DockerHubSettings, Registry
 from dockermirror.errors import NAME_UNKNOWN, UNSUPPORTED, RegistryError
+from dockermirror.reference import validate_name
 from dockermirror.upstream.body import BodyTooLarge
 from dockermirror.upstream.client import UpstreamClient
 from dockermirror.upstream.errors import failure_of, upstream_error
 
 _MAX_BODY = 1024 * 1024
-_MAX_KEPT = 1000
+# Answers kept, by their size upstream: a hostile upstream's large answers cannot pile up.
+_MAX_KEPT_BYTES = 16 * 1024 * 1024
 MAX_QUERY = 255
 MAX_PAGE_SIZE = 100
 MAX_PAGE = 1000
@@ -75,7 +77,10 @@ class HubSearch:
         self._url = DecodedURL.from_text(settings.search_url)
         self._ttl = settings.search_ttl
         self._clock = clock
-        self._kept: OrderedDict[tuple[str, SearchQuery], tuple[SearchPage, float]] = OrderedDict()
+        self._kept: OrderedDict[tuple[str, SearchQuery], tuple[SearchPage, float, int]] = (
+            OrderedDict()
+        )
+        self._kept_bytes = 0
         self._fetches = Coalescer()
 
     async def search(self, registry: Registry, query: SearchQuery) -> SearchPage:
@@ -91,14 +96,17 @@ class HubSearch:
         now = self._clock.seconds()
         if kept is not None and kept[1] > now:
             return kept[0]
-        page: SearchPage = await self._fetches.run(key, lambda: self._fetch(registry, query))[0]
-        self._kept[key] = (page, self._clock.seconds() + self._ttl)
-        self._kept.move_to_end(key)
-        while len(self._kept) > _MAX_KEPT:
-            self._kept.popitem(last=False)
+        page, size = await self._fetches.run(key, lambda: self._fetch(registry, query))[0]
+        if key in self._kept:
+            self._kept_bytes -= self._kept.pop(key)[2]
+        self._kept[key] = (page, self._clock.seconds() + self._ttl, size)
+        self._kept_bytes += size
+        while self._kept_bytes > _MAX_KEPT_BYTES:
+            self._kept_bytes -= self._kept.popitem(last=False)[1][2]
         return page
 
-    async def _fetch(self, registry: Registry, query: SearchQuery) -> SearchPage:
+    async def _fetch(self, registry: Registry, query: SearchQuery) -> tuple[SearchPage, int]:
+        """The page, and the size of Hub's answer (what keeping it costs, roughly)."""
         url = self._url.add("q", query.term).add("n", str(query.page_size))
         url = url.add("page", str(query.page))
         response = await self._clients[registry.name].fetch(url.encoded_url)
@@ -109,8 +117,8 @@ class HubSearch:
         except BodyTooLarge:
             raise upstream_error(registry.name, 502, "search answer too large") from None
         try:
-            return _page(json.loads(body), query)
-        except (ValueError, TypeError):
+            return _page(json.loads(body), query), len(body)
+        except (ValueError, TypeError, OverflowError):
             raise upstream_error(registry.name, 502, "invalid search answer") from None
 
 
@@ -118,7 +126,9 @@ def _page(document: object, query: SearchQuery) -> SearchPage:
     """Hub's answer, as plain values; ValueError (or TypeError) when it is not that shape."""
     if not isinstance(document, dict) or not isinstance(document.get("results"), list):
         raise ValueError("not a search answer")
-    results = tuple(_result(item) for item in document["results"])
+    # No more than asked for, and only names that are repository names.
+    found = (_result(item) for item in document["results"])
+    results = tuple(r for r in found if _repository_name(r.name))[: query.page_size]
     return SearchPage(
         query=query.term,
         page=query.page,
@@ -139,6 +149,14 @@ def _result(item: object) -> SearchResult:
         is_official=bool(item.get("is_official")),
         is_automated=bool(item.get("is_automated")),
     )
+
+
+def _repository_name(name: str) -> bool:
+    try:
+        validate_name(name)
+    except RegistryError:
+        return False
+    return True
 
 
 def _number(value: str | None, name: str, default: int, most: int) -> int:
