@@ -315,6 +315,33 @@ def test_a_trusted_proxy_sets_the_scheme_of_links_and_the_realm(
     assert b"https://mirror.test" in page
 
 
+def test_a_trusted_proxy_passes_on_the_host_the_client_used(
+    registry: FakeRegistry, toml: dict[str, Any]
+) -> None:
+    """nginx's default rewrites Host: X-Forwarded-Host (or Forwarded host=) says it."""
+    toml["access"] = {"trusted_proxies": ["127.0.0.0/8"]}
+    harness = Harness(registry, toml, token_key=KEY)
+    forwarded = {"X-Forwarded-Host": ["mirror.example:8443"], "X-Forwarded-Proto": ["https"]}
+    page = harness.body(harness.request("GET", "/", headers=forwarded))
+    assert b"https://mirror.example:8443" in page and b"mirror.test" not in page
+    response = harness.request(
+        "GET", "/v2/", headers={"Forwarded": ["host=m.example;proto=https"]}
+    )
+    assert response.headers.getRawHeaders("www-authenticate")[0].startswith(
+        'Bearer realm="https://m.example/v2/auth"'
+    )
+    bad = harness.request("GET", "/", headers={"X-Forwarded-Host": ["<x>"]})
+    assert harness.error(bad) == (400, "UNSUPPORTED")
+
+
+def test_a_host_a_client_claims_is_not_taken(registry: FakeRegistry, toml: dict[str, Any]) -> None:
+    harness = Harness(registry, toml, token_key=KEY)  # no trusted proxies
+    page = harness.body(
+        harness.request("GET", "/", headers={"X-Forwarded-Host": ["evil.example"]})
+    )
+    assert b"evil.example" not in page and b"mirror.test" in page
+
+
 def test_a_registry_with_credentials_is_reached_only_by_its_host_route(
     registry: FakeRegistry,
 ) -> None:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
+from twisted.web.test.requesthelper import DummyRequest
 
+from dockermirror.web.requests import host, valid_host
 from tests.fakes import FakeRegistry, Harness
 
 
@@ -72,3 +75,16 @@ def test_a_host_header_that_is_no_host_is_refused_unechoed(harness: Harness) -> 
     response = harness.request("GET", "/", headers={"Host": "<script>alert(1)</script>"})
     assert harness.error(response) == (400, "UNSUPPORTED")
     assert b"<script>" not in harness.body(response)
+
+
+def test_a_request_without_a_host_header_names_the_address_it_reached() -> None:
+    """HTTP/1.0 may send no Host: links and snippets name the mirror's own address."""
+    request: Any = DummyRequest([b""])  # (Twisted's test request does not declare IRequest)
+    assert host(request) == "127.0.0.1:80"
+    request.requestHeaders.setRawHeaders(b"host", [b"mirror.example"])
+    assert host(request) == "mirror.example"
+
+
+@pytest.mark.parametrize(("value", "valid"), [("x:65535", True), ("x:99999", False)])
+def test_a_host_s_port_is_a_port(value: str, valid: bool) -> None:
+    assert valid_host(value) is valid

@@ -367,6 +367,14 @@ class _Checked(Resource):
         client = client_of(request, self._policy.settings.access.trusted_proxies)
         if isinstance(request, MirrorRequest):
             request.client, request.scheme = client.address, client.scheme
+            if client.host is not None:
+                if not valid_host(client.host):
+                    return RegistryError(
+                        UNSUPPORTED,
+                        status=400,
+                        message="the forwarded host is not a host name or address",
+                    )
+                request.forwarded_host = client.host
         try:
             self._policy.check_address(client.address)
         except RegistryError as error:

@@ -12,7 +12,8 @@ from twisted.web.iweb import IRequest
 
 _LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
 _HOST = re.compile(
-    rf"(?:(?P<name>{_LABEL}(?:\.{_LABEL})*\.?)|\[(?P<ipv6>[0-9A-Fa-f:.]+)\])(?::\d{{1,5}})?\Z"
+    rf"(?:(?P<name>{_LABEL}(?:\.{_LABEL})*\.?)|\[(?P<ipv6>[0-9A-Fa-f:.]+)\])"
+    r"(?::(?P<port>\d{1,5}))?\Z"
 )
 
 
@@ -26,8 +27,20 @@ def header_values(request: IRequest, name: bytes) -> list[str]:
 
 
 def host(request: IRequest) -> str:
-    """The Host header, which :func:`valid_host` has let in (or "" when there is none)."""
-    return header(request, b"host") or ""
+    """The host the client used, which :func:`valid_host` has let in: as a trusted proxy
+    passed it on, else the Host header, else (HTTP/1.0 without one) the address it reached."""
+    forwarded = getattr(request, "forwarded_host", None)
+    if forwarded:
+        return str(forwarded)
+    named = header(request, b"host")
+    if named:
+        return named
+    local = request.getHost()
+    address = getattr(local, "host", None)
+    if address is None:
+        return "localhost"  # a unix socket
+    address = f"[{address}]" if ":" in address else address
+    return f"{address}:{local.port}"
 
 
 def valid_host(value: str) -> bool:
@@ -38,6 +51,8 @@ def valid_host(value: str) -> bool:
     """
     match = _HOST.match(value)
     if match is None or len(value) > 260:
+        return False
+    if match["port"] is not None and int(match["port"]) > 65535:
         return False
     if match["ipv6"] is not None:
         try:

@@ -31,9 +31,10 @@ class MirrorRequest(Request):
     account: str | None = None
     # How the cache answered (HIT, MISS, ...).
     cache: str | None = None
-    # The client's address and scheme, through trusted proxies (set before the app runs).
+    # The client's address, scheme and host, through trusted proxies (set before the app runs).
     client: str | None = None
     scheme: str = "http"
+    forwarded_host: str | None = None
 
     def gotLength(self, length: int | None) -> None:
         # In memory whatever the length: the channel refuses a body over a few KiB before
