@@ -565,3 +565,21 @@ def test_a_malformed_request_gets_an_oci_error(
     assert error_code(body) == "UNSUPPORTED"
     assert headers[b"connection"] == b"close"
     assert recorder.seen == []
+
+
+def test_an_absolute_form_target_s_credentials_never_reach_the_log(
+    log_events: list[dict[str, object]],
+) -> None:
+    harness = Harness(FakeRegistry())
+    client = Connection(harness.site)
+    client.send(b"GET http://user:secretpw@evil.example/v2/ HTTP/1.1\r\nHost: m\r\n\r\n")
+    access = [e for e in log_events if e.get("log_namespace") == "dockermirror.access"]
+    assert [e["path"] for e in access] == ["/v2/"]
+    assert "secretpw" not in repr(log_events)
+
+
+def test_a_429_has_its_reason_phrase(log_events: list[dict[str, object]]) -> None:
+    harness = Harness(FakeRegistry(), {"limits": {"requests_per_second": 1, "request_burst": 1}})
+    client = Connection(harness.site)
+    client.send(b"GET /v2/ HTTP/1.1\r\nHost: m\r\n\r\nGET /v2/ HTTP/1.1\r\nHost: m\r\n\r\n")
+    assert b"HTTP/1.1 429 Too Many Requests\r\n" in client.transport.value()

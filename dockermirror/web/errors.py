@@ -17,7 +17,7 @@ _ALLOW = b"GET, HEAD"
 
 def render_error(request: IRequest, error: RegistryError) -> bytes:
     """Set status and headers for ``error`` on ``request`` and return the body."""
-    request.setResponseCode(error.status)
+    request.setResponseCode(error.status, _reason(error.status))
     request.responseHeaders.setRawHeaders(b"content-type", [b"application/json"])
     request.responseHeaders.removeHeader(b"content-length")
     if error.code is UNAUTHORIZED:
@@ -55,3 +55,11 @@ def render_closing_response(error: RegistryError) -> bytes:
 def _quoted(value: str) -> str:
     """An RFC 9110 quoted-string: the Host header went into it."""
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _reason(status: int) -> bytes | None:
+    """The reason phrase: Twisted knows none for some statuses (429 "Unknown Status")."""
+    try:
+        return HTTPStatus(status).phrase.encode("ascii")
+    except ValueError:
+        return None  # (an upstream's own status, passed on)

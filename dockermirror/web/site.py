@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from io import BytesIO
+from urllib.parse import urlsplit
 
 from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import Protocol
@@ -106,7 +107,7 @@ class MirrorSite(Site):
             " route={route} user={user} cache={cache} pid={pid}",
             client=request.client or getattr(request.getClientAddress(), "host", "-"),
             method=method,
-            path=request.path.decode("utf-8", "replace"),
+            path=_logged_path(request.path),
             status=status,
             outcome="aborted" if isinstance(result, Failure) else "complete",
             bytes=request.sentLength,
@@ -117,6 +118,12 @@ class MirrorSite(Site):
             # Which process served it, with --workers.
             pid=os.getpid(),
         )
+
+
+def _logged_path(path: bytes) -> str:
+    """The path, without what an absolute-form target puts before it (user:password@host)."""
+    text = path.decode("utf-8", "replace")
+    return text if text.startswith("/") else urlsplit(text).path or "-"
 
 
 _NAMED_ROUTES = {
