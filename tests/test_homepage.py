@@ -151,6 +151,7 @@ def test_the_daemon_json_merge_keeps_what_is_there(tmp_path: Path) -> None:
     daemon = tmp_path / "docker" / "daemon.json"
     before = '{"log-driver": "journald", "registry-mirrors": ["https://other.example"]}\n'
     daemon.write_text(before)
+    daemon.chmod(0o600)
     for _ in range(2):  # twice: the second run changes nothing
         assert _run(program).returncode == 0
         assert json.loads(daemon.read_text()) == {
@@ -158,7 +159,21 @@ def test_the_daemon_json_merge_keeps_what_is_there(tmp_path: Path) -> None:
             "registry-mirrors": [f"http://{HOST}", "https://other.example"],
             "insecure-registries": [HOST],
         }
-    assert (tmp_path / "docker" / "daemon.json.bak").exists()
+    # The original stays in the backup, however often it runs; the file keeps its mode.
+    assert (tmp_path / "docker" / "daemon.json.bak").read_text() == before
+    assert daemon.stat().st_mode & 0o777 == 0o600
+
+
+def test_the_daemon_json_merge_takes_null_lists(tmp_path: Path) -> None:
+    program = _merge_program(Parsed(render()), tmp_path / "docker")
+    (tmp_path / "docker").mkdir()
+    daemon = tmp_path / "docker" / "daemon.json"
+    daemon.write_text('{"registry-mirrors": null, "insecure-registries": null}')
+    assert _run(program).returncode == 0
+    assert json.loads(daemon.read_text()) == {
+        "registry-mirrors": [f"http://{HOST}"],
+        "insecure-registries": [HOST],
+    }
 
 
 def test_the_daemon_json_merge_creates_the_file_and_refuses_a_broken_one(

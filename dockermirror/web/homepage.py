@@ -587,9 +587,14 @@ def _pull_section(page: _Page) -> str:
 
 
 def docker_merge_script(base: str, host: str, http: bool) -> str:
-    """A python3 program that adds the mirror to daemon.json, keeping everything else."""
+    """A python3 program that adds the mirror to daemon.json, keeping everything else.
+
+    Run again, it changes nothing; the first original stays in ``daemon.json.bak``, and
+    the file keeps its mode.
+    """
     insecure = (
-        "\ninsecure = config.setdefault('insecure-registries', [])\n"
+        "\ninsecure = config.get('insecure-registries') or []\n"
+        "config['insecure-registries'] = insecure\n"
         f"if {_json(host)} not in insecure:\n"
         f"    insecure.append({_json(host)})"
         if http
@@ -602,14 +607,18 @@ config = {{}}
 if os.path.exists(path):
     with open(path) as f:
         config = json.loads(f.read().strip() or '{{}}')
-    shutil.copy2(path, path + '.bak')
-mirrors = config.setdefault('registry-mirrors', [])
+    if not os.path.exists(path + '.bak'):
+        shutil.copy2(path, path + '.bak')
+mirrors = config.get('registry-mirrors') or []
+config['registry-mirrors'] = mirrors
 if {_json(base)} not in mirrors:
     mirrors.insert(0, {_json(base)}){insecure}
 os.makedirs('/etc/docker', exist_ok=True)
 with open(path + '.new', 'w') as f:
     json.dump(config, f, indent=2)
     f.write('\\n')
+if os.path.exists(path):
+    shutil.copymode(path, path + '.new')
 os.replace(path + '.new', path)
 print(json.dumps(config, indent=2))
 EOF
