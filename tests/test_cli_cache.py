@@ -9,6 +9,9 @@ purge tests too.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +22,12 @@ from twisted.internet.task import Clock
 from dockermirror import cli
 from dockermirror.cli.output import local_time, size
 from dockermirror.reference import digest_of
+from dockermirror.storage import layout
 from dockermirror.storage.filesystem import FilesystemStorage
 from dockermirror.storage.interface import Scope
 from dockermirror.storage.workers import InlineWorker
 from tests.fakes import result_of
+from tests.support.peers import ROOT
 
 HUB = "https://registry-1.docker.io#"
 GHCR = "https://ghcr.io#"
@@ -474,3 +479,45 @@ def test_users_of_an_upstream_are_told_apart(
         ("docker.io", ""),
         ("hub-bob", "bob"),
     ]
+
+
+def test_root_leaves_a_cache_that_belongs_to_the_mirror_s_user_alone(tmp_path: Path) -> None:
+    """What root wrote there the mirror's user could not change (DynamicUser under systemd)."""
+    if os.geteuid() != 0:
+        pytest.fail("this test runs as root (as CI does)")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    layout.claim(cache)
+    os.chown(cache, 54321, 54321)
+    result = subprocess.run(
+        [sys.executable, "-m", "dockermirror.cli", "cache", "stats", "--cache-dir", str(cache)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert result.returncode == 2
+    assert "belongs to uid 54321, the mirror's user" in result.stderr
+    assert "systemd-run" in result.stderr
+
+
+def test_warm_does_not_fill_a_directory_nobody_reads(tmp_path: Path) -> None:
+    """The configuration's cache.dir that is no cache yet is named, not silently created."""
+    config = tmp_path / "m.toml"
+    config.write_text(f'[cache]\ndir = "{tmp_path / "nothing"}"\n')
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dockermirror.cli",
+            "cache",
+            "warm",
+            "--config",
+            str(config),
+            "redis",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert result.returncode == 2 and "no cache in" in result.stderr
+    assert not (tmp_path / "nothing").exists()

@@ -10,6 +10,7 @@ arguments returning the exit status.  Such a function may raise
 from __future__ import annotations
 
 import argparse
+import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -75,6 +76,7 @@ def cache_index(directory: Path, doing: str) -> Iterator[Index]:
     it, or with the index while the command works on it, become a CommandError
     naming the directory and what the command was ``doing``.
     """
+    check_owner(directory)
     index = Index(directory / layout.INDEX, writer=True)
     try:
         layout.recognise(directory)
@@ -86,6 +88,22 @@ def cache_index(directory: Path, doing: str) -> Iterator[Index]:
         raise CommandError(f"cannot {doing} the cache in {directory}: {e}") from None
     finally:
         index.close()
+
+
+def check_owner(directory: Path) -> None:
+    """Refuse root working on a cache another user (the mirror's) owns: what root wrote
+    there, that user could not change, and the mirror would stop caching."""
+    try:
+        owner = directory.stat().st_uid
+    except OSError:
+        return  # (not there: the caller says so)
+    if os.geteuid() == 0 and owner != 0:
+        raise CommandError(
+            f"the cache in {directory} belongs to uid {owner}, the mirror's user; run this"
+            " command as that user (under systemd: systemd-run --pipe --wait -p DynamicUser=yes"
+            " -p User=dockermirror -p CacheDirectory=dockermirror -p"
+            " ConfigurationDirectory=dockermirror /opt/dockermirror/bin/dockermirror ...)"
+        )
 
 
 def plural(count: int, noun: str) -> str:

@@ -50,7 +50,7 @@ from twisted.logger import (
 )
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from dockermirror.cli.common import Commands
+from dockermirror.cli.common import CommandError, Commands, check_owner
 from dockermirror.cli.progress import Progress
 from dockermirror.config import (
     MirrorConfig,
@@ -81,6 +81,8 @@ from dockermirror.registry.warming import (
 )
 from dockermirror.routing import Target, target_for_image
 from dockermirror.service import build_registry
+from dockermirror.storage import layout
+from dockermirror.storage.layout import NotACache
 from dockermirror.upstream.client import UpstreamClient
 from dockermirror.upstream.pools import UpstreamPools
 
@@ -213,6 +215,17 @@ async def warm_command(
             raise UsageError("--username and --password-stdin go with --mirror")
         config = load_config(args.config, args.cache_dir)
         jobs = [Job(image, *target_for_image(config, image)) for image in images]
+        directory = Path(config.cache.dir)
+        if args.cache_dir is None and not _a_cache(directory):
+            # Filling a new directory nobody reads would look like success.
+            raise UsageError(
+                f"no cache in {directory} yet (the configuration's cache.dir): give"
+                " --cache-dir to fill one there, or the directory of the mirror's cache"
+            )
+        check_owner(directory)
+    except CommandError as e:
+        print(f"{PROG}: {e}", file=err)
+        return USAGE
     except UsageError as e:
         print(f"{PROG}: {e}", file=err)
         return USAGE
@@ -220,6 +233,14 @@ async def warm_command(
         print(f"{PROG}: {e.message if isinstance(e, RegistryError) else e}", file=err)
         return USAGE
     return await into_directory(reactor, config, jobs, args.platform, out, err)
+
+
+def _a_cache(directory: Path) -> bool:
+    try:
+        layout.recognise(directory)
+    except NotACache:
+        return False
+    return True
 
 
 def references(args: argparse.Namespace, stdin: TextIO) -> list[str]:
