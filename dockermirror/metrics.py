@@ -14,7 +14,12 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 from twisted.internet.interfaces import IReactorTime
 
@@ -186,11 +191,18 @@ def _quota_metrics(quotas: Mapping[str, HubQuota]) -> Iterator[Metric]:
         "1 while cached tags are served without revalidation (quota at the floor, or 429).",
         labels=["registry"],
     )
+    source = InfoMetricFamily(
+        "dockermirror_docker_hub_quota_source",
+        "Whom Docker Hub counts the pulls against (Docker-RateLimit-Source).",
+        labels=["registry"],
+    )
     for name, quota in sorted(quotas.items()):
         reading = quota.reading()
+        if reading.source is not None:
+            source.add_metric([name], {"source": reading.source})
         if reading.limit is not None:
             limit.add_metric([name], reading.limit)
         if reading.remaining is not None:
             remaining.add_metric([name], reading.remaining)
         holding.add_metric([name], 1 if reading.holding_until is not None else 0)
-    yield from (limit, remaining, holding)
+    yield from (limit, remaining, holding, source)

@@ -27,6 +27,9 @@ class QuotaReading:
     window: int | None = None
     floor: int = 0
     holding_until: float | None = None
+    # Whom Hub counts the pulls against (``Docker-RateLimit-Source``: the mirror's address,
+    # or its account).
+    source: str | None = None
 
 
 @attrs.frozen

@@ -27,6 +27,7 @@ def test_healthz() -> None:
                 "window": None,
                 "floor": 0,
                 "holding_until": None,
+                "source": None,
             },
         },
     )

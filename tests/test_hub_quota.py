@@ -117,8 +117,13 @@ def test_the_numbers_are_read_and_shown(harness: Harness, hub: Hub) -> None:
         "window": 21600,
         "floor": 5,
         "holding_until": None,
+        "source": "192.0.2.7",
     }
     samples = scrape(harness)
+    source = (
+        'dockermirror_docker_hub_quota_source_info{"registry": "docker.io", "source": "192.0.2.7"}'
+    )
+    assert samples[source] == 1
     assert samples['dockermirror_docker_hub_quota_limit{"registry": "docker.io"}'] == 100
     assert samples['dockermirror_docker_hub_quota_remaining{"registry": "docker.io"}'] == 50
     assert samples['dockermirror_docker_hub_quota_holding{"registry": "docker.io"}'] == 0

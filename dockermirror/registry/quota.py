@@ -49,6 +49,7 @@ class HubQuota:
         self._limit: int | None = None
         self._remaining: int | None = None
         self._window: int | None = None
+        self._source: str | None = None
         self._held_until: float | None = None
         self._refused_until: float | None = None
 
@@ -58,6 +59,8 @@ class HubQuota:
         if parsed_remaining is None:
             return
         self._remaining = parsed_remaining[0]
+        if source:
+            self._source = source[:100]  # (an upstream's header: bounded)
         if parsed_limit is not None:
             self._limit = parsed_limit[0]
         self._window = parsed_remaining[1] or (parsed_limit[1] if parsed_limit else None)
@@ -126,6 +129,7 @@ class HubQuota:
             window=self._window,
             floor=self._floor,
             holding_until=until,
+            source=self._source,
         )
 
 
