@@ -79,9 +79,17 @@ class DetachedSlots:
 
 
 class _Followed:
-    """What readers follow of a download: bytes announced as they arrive, and its end."""
+    """What readers follow of a download of ``digest`` (``size`` bytes) for ``scope``: its
+    state, bytes announced as they arrive, and its end."""
 
-    def __init__(self) -> None:
+    RUNNING, COMPLETE, FAILED = "running", "complete", "failed"
+
+    def __init__(self, digest: str, scope: Scope, size: int) -> None:
+        self.digest = digest
+        self.scope = scope
+        self.size = size
+        self.state = self.RUNNING
+        self.problem: str | None = None
         self._announced = 0
         self._listeners: list[Callable[[], None]] = []
         self._ended: list[Callable[[Self], None]] | None = []
@@ -118,8 +126,6 @@ class _Followed:
 class Fill(_Followed):
     """One download of ``digest`` (``size`` bytes) into ``writer``, fetched under ``scope``."""
 
-    RUNNING, COMPLETE, FAILED = "running", "complete", "failed"
-
     def __init__(
         self,
         writer: BlobWriter,
@@ -130,12 +136,7 @@ class Fill(_Followed):
         clock: IReactorTime,
         slots: DetachedSlots,
     ) -> None:
-        super().__init__()
-        self.digest = digest
-        self.scope = scope
-        self.size = size
-        self.state = self.RUNNING
-        self.problem: str | None = None
+        super().__init__(digest, scope, size)
         self.written = 0
         self._writer = writer
         self._detached_max = detached_max
@@ -337,18 +338,12 @@ class RemoteFill(_Followed):
     (which it does only when the digest matched).  Nothing is held in memory.
     """
 
-    RUNNING, COMPLETE, FAILED = Fill.RUNNING, Fill.COMPLETE, Fill.FAILED
     on_disk: int | None = None  # never streams through memory
 
     def __init__(
         self, foreign: ForeignWrite, digest: str, scope: Scope, size: int, clock: IReactorTime
     ) -> None:
-        super().__init__()
-        self.digest = digest
-        self.scope = scope
-        self.size = size
-        self.state = self.RUNNING
-        self.problem: str | None = None
+        super().__init__(digest, scope, size)
         self._foreign = foreign
         self._poll = LoopingCall(self._check)
         self._poll.clock = clock
