@@ -448,6 +448,10 @@ def test_reference_lists(tmp_path: Path) -> None:
             warm.references(parse(*argv), io.StringIO())
     with pytest.raises(SystemExit):
         parse("--platform", "linux", "redis")
+    # A bad line is named by its file and line.
+    listing.write_text("redis\n# a comment\n\nNot Valid\n")
+    with pytest.raises(warm.UsageError, match=rf"^{listing}:4: 'Not Valid' is not an image"):
+        warm.references(parse("--file", str(listing)), io.StringIO())
 
 
 @pytest.mark.parametrize(

@@ -184,3 +184,12 @@ def test_prefetch_keeps_a_running_mirror_warm(
     finally:
         own.stop()
     copy(containers_env, f"docker://{mirror.address}/{ALPINE}", tmp_path / "pulled")
+
+
+def test_a_mirror_that_cannot_be_reached_is_named_as_such(closed_port: int) -> None:
+    result = warm("--mirror", f"http://127.0.0.1:{closed_port}", "redis")
+    assert result.returncode == 2
+    assert result.stderr.startswith(
+        f"dockermirror: cannot use the mirror at http://127.0.0.1:{closed_port}: "
+    )
+    assert "upstream" not in result.stderr

@@ -245,30 +245,39 @@ def _a_cache(directory: Path) -> bool:
 
 def references(args: argparse.Namespace, stdin: TextIO) -> list[str]:
     """The images named on the command line and in the lists, checked, in order, once each."""
-    images = list(args.images)
+    # Each image with where it was named, for the message about a bad one.
+    named = [(image, "the command line") for image in args.images]
     for name in args.file:
         if name == "-":
             if args.password_stdin:
                 raise UsageError("stdin holds the password; give the list as a file")
-            images += read_list(stdin.read())
-            continue
-        try:
-            images += read_list(Path(name).read_text())
-        except OSError as e:
-            raise UsageError(f"cannot read {name}: {e.strerror}") from None
-    if not images:
+            text = stdin.read()
+        else:
+            try:
+                text = Path(name).read_text()
+            except (OSError, UnicodeDecodeError) as e:
+                raise UsageError(f"cannot read {name}: {getattr(e, 'strerror', e)}") from None
+        named += [(ref, f"{name}:{number}") for number, ref in read_list(text)]
+    if not named:
         raise UsageError("name at least one image (REF, or --file LIST)")
-    for image in images:
+    for image, where in named:
         try:
             parse_image(image)
         except RegistryError as e:
-            raise UsageError(f"{image!r} is not an image reference ({e.message})") from None
-    return list(dict.fromkeys(images))
+            raise UsageError(
+                f"{where}: {image!r} is not an image reference ({e.message})"
+            ) from None
+    return list(dict.fromkeys(image for image, _ in named))
 
 
-def read_list(text: str) -> list[str]:
-    """References, one a line; ``#`` starts a comment, blank lines are ignored."""
-    return [ref for line in text.splitlines() if (ref := line.partition("#")[0].strip())]
+def read_list(text: str) -> list[tuple[int, str]]:
+    """References and their line numbers, one a line; ``#`` starts a comment, blank lines
+    are ignored."""
+    return [
+        (number, ref)
+        for number, line in enumerate(text.splitlines(), 1)
+        if (ref := line.partition("#")[0].strip())
+    ]
 
 
 def load_config(path: str | None, cache_dir: str | None) -> MirrorConfig:
@@ -410,7 +419,8 @@ async def through_mirror(
 
 
 async def refused_login(client: UpstreamClient, job: Job, url: str) -> str | None:
-    """Whether the mirror refuses to log us in (no user, or a wrong password); why.
+    """Whether the mirror cannot be reached or refuses to log us in (no user, or a wrong
+    password); why.
 
     Found once, up front, with a HEAD: otherwise each image would fail with the
     words the mirror's client code has for an upstream refusing the mirror.
@@ -424,7 +434,10 @@ async def refused_login(client: UpstreamClient, job: Job, url: str) -> str | Non
         )
     except RegistryError as e:
         if e.code != DENIED:
-            return None  # for the walk to report, image by image
+            # Before any answer: it is the mirror that cannot be reached (the client's words
+            # would blame "the upstream registry").
+            problem = e.detail.get("problem") if isinstance(e.detail, dict) else None
+            return f"cannot use the mirror at {url}: {problem or e.message}"
         user = client.registry.username
         if user is None:
             return f"the mirror at {url} has users: give --username and --password-stdin"
