@@ -583,3 +583,20 @@ def test_a_429_has_its_reason_phrase(log_events: list[dict[str, object]]) -> Non
     client = Connection(harness.site)
     client.send(b"GET /v2/ HTTP/1.1\r\nHost: m\r\n\r\nGET /v2/ HTTP/1.1\r\nHost: m\r\n\r\n")
     assert b"HTTP/1.1 429 Too Many Requests\r\n" in client.transport.value()
+
+
+def test_a_request_refused_unparsed_is_logged_and_counted_as_any_other(
+    log_events: list[dict[str, object]],
+) -> None:
+    harness = Harness(FakeRegistry())
+    Connection(harness.site).send(b"GET /v2/ HTTP/9.9\r\nHost: m\r\n\r\n")
+    (event,) = [e for e in log_events if e.get("log_namespace") == "dockermirror.access"]
+    fields = ("method", "path", "status", "outcome", "route", "user", "cache", "pid")
+    assert set(fields) <= set(event) and event["outcome"] == "refused"
+    counted = {
+        (sample.labels.get("route"), sample.labels.get("status"))
+        for family in harness.metrics.registry.collect()
+        for sample in family.samples
+        if sample.name == "dockermirror_requests_total"
+    }
+    assert counted == {("base", str(event["status"]))}

@@ -11,9 +11,9 @@ client can show, and gives each request head a deadline that bytes do not move.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.server import Site
@@ -21,8 +21,6 @@ from twisted.web.server import Site
 from dockermirror.config import ServerSettings
 from dockermirror.errors import REQUEST_TOO_LARGE, UNSUPPORTED, RegistryError
 from dockermirror.web.errors import render_closing_response
-
-log = Logger(namespace="dockermirror.access")
 
 # No registry read has a body; the token endpoint's OAuth form fits in a fraction of this.
 MAX_BODY = 8 * 1024
@@ -212,14 +210,18 @@ class MirrorChannel(HTTPChannel):
         assert self.transport is not None
         self.transport.write(response)
         address = self.transport.getPeer()
-        log.info(
-            "{client} {method} {path} -> {status} refused: {message}",
-            client=getattr(address, "host", "-"),
-            method=self._method[:16].decode("ascii", "replace") or "-",
-            path=self._log_path[:200].decode("utf-8", "replace") or "-",
-            status=error.status,
-            message=error.message,
-        )
+        site: Any = getattr(self, "site", None)
+        if hasattr(site, "log_access"):  # (the mirror's own Site; a bare channel in tests)
+            # As every request: one access-log event, counted in the metrics.
+            site.log_access(
+                client=getattr(address, "host", "-"),
+                method=self._method,
+                path=self._log_path or b"-",
+                status=error.status,
+                outcome="refused",
+                sent=len(response),
+                duration=0.0,
+            )
         self.loseConnection()
 
 

@@ -95,26 +95,51 @@ class MirrorSite(Site):
 
     def _log_request(self, result: Failure | None, request: Request, started: float) -> None:
         assert isinstance(request, MirrorRequest)  # our requestFactory
-        # 499, as nginx logs it: the client left before any answer was sent.
-        status = request.code if request.startedWriting else 499
-        method = request.method.decode("ascii", "replace")
+        self.log_access(
+            client=request.client or getattr(request.getClientAddress(), "host", None) or "-",
+            method=request.method,
+            path=request.path,
+            # 499, as nginx logs it: the client left before any answer was sent.
+            status=request.code if request.startedWriting else 499,
+            outcome="aborted" if isinstance(result, Failure) else "complete",
+            sent=request.sentLength,
+            duration=self.reactor.seconds() - started,
+            route=request.route,
+            user=request.account,
+            cache=request.cache,
+        )
+
+    def log_access(
+        self,
+        *,
+        client: str,
+        method: bytes,
+        path: bytes,
+        status: int,
+        outcome: str,
+        sent: int,
+        duration: float,
+        route: str | None = None,
+        user: str | None = None,
+        cache: str | None = None,
+    ) -> None:
+        """One request's access-log event and metrics (also for one refused unparsed)."""
+        method_text = method[:16].decode("ascii", "replace") or "-"
         if self._metrics is not None:
-            self._metrics.request_done(
-                route_of(request.path), method, status, request.sentLength, request.cache
-            )
+            self._metrics.request_done(route_of(path), method_text, status, sent, cache)
         log.info(
             "{client} {method} {path} -> {status} {outcome} ({bytes} bytes, {duration:.3f}s)"
             " route={route} user={user} cache={cache} pid={pid}",
-            client=request.client or getattr(request.getClientAddress(), "host", "-"),
-            method=method,
-            path=_logged_path(request.path),
+            client=client,
+            method=method_text,
+            path=_logged_path(path[:2000]),
             status=status,
-            outcome="aborted" if isinstance(result, Failure) else "complete",
-            bytes=request.sentLength,
-            duration=self.reactor.seconds() - started,
-            route=request.route or "-",
-            user=request.account or "-",
-            cache=request.cache or "-",
+            outcome=outcome,
+            bytes=sent,
+            duration=duration,
+            route=route or "-",
+            user=user or "-",
+            cache=cache or "-",
             # Which process served it, with --workers.
             pid=os.getpid(),
         )
