@@ -600,3 +600,16 @@ def test_a_request_refused_unparsed_is_logged_and_counted_as_any_other(
         if sample.name == "dockermirror_requests_total"
     }
     assert counted == {("base", str(event["status"]))}
+
+
+@pytest.mark.parametrize("method", [b"GET", b"OPTIONS"])
+def test_the_star_target_gets_an_oci_error_and_is_logged(
+    method: bytes, log_events: list[dict[str, object]]
+) -> None:
+    harness = Harness(FakeRegistry())
+    client = Connection(harness.site)
+    client.send(method + b" * HTTP/1.1\r\nHost: m\r\n\r\n")
+    status, headers, body = client.answer()
+    assert (status, error_code(body), headers[b"allow"]) == (405, "UNSUPPORTED", b"GET, HEAD")
+    access = [e for e in log_events if e.get("log_namespace") == "dockermirror.access"]
+    assert [(e["path"], e["status"]) for e in access] == [("*", 405)]

@@ -15,9 +15,11 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
 from dockermirror.config import ServerSettings
+from dockermirror.errors import UNSUPPORTED, RegistryError
 from dockermirror.metrics import Metrics
 from dockermirror.web.channel import MirrorChannel
 from dockermirror.web.connections import ConnectionCaps, RefusedConnection, client_of
+from dockermirror.web.errors import render_error
 
 log = Logger(namespace="dockermirror.access")
 _DEFAULTS = ServerSettings()
@@ -41,6 +43,22 @@ class MirrorRequest(Request):
         # In memory whatever the length: the channel refuses a body over a few KiB before
         # reading it, where Twisted would spool a long or chunked one to a temporary file.
         self.content = BytesIO()
+
+    def process(self) -> None:
+        site = getattr(self.channel, "site", None)
+        if isinstance(site, MirrorSite):
+            # Every request, whatever answers it: one access-log event once it ends.
+            self.notifyFinish().addBoth(site.log_request, self, site.reactor.seconds())
+        if self.path == b"*":
+            # (Twisted would answer "*" itself, with an HTML page.)
+            error = RegistryError(UNSUPPORTED, message="a registry has no server-wide methods")
+            body = render_error(self, error)
+            self.setHeader(b"allow", b"GET, HEAD")
+            self.setHeader(b"content-length", str(len(body)).encode())
+            self.write(body)
+            self.finish()
+            return
+        super().process()
 
 
 class MirrorSite(Site):
@@ -85,15 +103,10 @@ class MirrorSite(Site):
         channel.requestFactory = self.requestFactory
         return channel
 
-    def getResourceFor(self, request: Request) -> IResource:
-        started = self.reactor.seconds()
-        request.notifyFinish().addBoth(self._log_request, request, started)
-        return super().getResourceFor(request)
-
     def log(self, request: http.Request) -> None:
-        """Replaced by :meth:`_log_request`."""
+        """Replaced by :meth:`log_request`."""
 
-    def _log_request(self, result: Failure | None, request: Request, started: float) -> None:
+    def log_request(self, result: Failure | None, request: Request, started: float) -> None:
         assert isinstance(request, MirrorRequest)  # our requestFactory
         self.log_access(
             client=request.client or getattr(request.getClientAddress(), "host", None) or "-",
